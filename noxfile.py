@@ -1,0 +1,66 @@
+"""Sessions: tests (everything together), tests-<package> (one package alone), lint, bench, demo."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.sessions = ["tests"]
+
+PACKAGES = ["formats", "datagen", "trainer", "judge", "serve"]
+TORCH = "torch==2.13.0"  # a local CPU wheel; an unpinned torch pulls a multi-GB CUDA build
+ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
+
+
+def _install_all(session: nox.Session, extras: str = "test") -> None:
+    session.install(TORCH)
+    session.install(*[f"./packages/{p}[{extras}]" for p in PACKAGES])
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """All packages installed together; pytest over every package's tests (slow tests need `-m slow`)."""
+    _install_all(session)
+    args = session.posargs or ["-m", "not slow"]
+    session.run("pytest", *[f"packages/{p}/tests" for p in PACKAGES], *args, env=ENV)
+
+
+def _test_one(session: nox.Session, package: str) -> None:
+    session.install(TORCH)
+    local = ["./packages/formats[test]"] if package != "formats" else []
+    session.install(*local, f"./packages/{package}[test]")
+    session.run("pytest", f"packages/{package}/tests", *(session.posargs or ["-m", "not slow"]), env=ENV)
+
+
+for _p in PACKAGES:
+
+    def _tests_package(session: nox.Session, package: str = _p) -> None:
+        _test_one(session, package)
+
+    _tests_package.__doc__ = f"huarizo-{_p} alone in a fresh venv, with only its declared dependencies."
+    nox.session(name=f"tests-{_p}")(_tests_package)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy."""
+    session.install("ruff", "mypy", "types-PyYAML", "pydantic", "numpy", "pytest", "nox")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", *[f"packages/{p}/src" for p in PACKAGES])
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark over benchmarks/: each benchmark prints its ratio to the named baseline."""
+    _install_all(session)
+    session.install("pytest-benchmark")
+    session.run("pytest", "benchmarks", "-s", "--benchmark-columns=min,mean,rounds", *session.posargs, env=ENV)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job on the embedded default model (grows into `huarizo run configs/recipe.yaml`)."""
+    _install_all(session, extras="test")
+    session.run("bash", "configs/demo.sh", external=True, env=ENV)

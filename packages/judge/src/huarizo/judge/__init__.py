@@ -1,0 +1,3 @@
+"""huarizo-judge: LLM-as-judge: grading, pairwise comparison, win rates and reports."""
+
+__version__ = "0.1.0"
