@@ -120,8 +120,7 @@ def _render(args: argparse.Namespace) -> int:
             if sample is None:
                 console.print("(dropped: no trained token within max length)")
                 continue
-            marks = (sample.labels != IGNORE_INDEX).tolist()
-            pairs = zip(sample.input_ids.tolist(), marks, strict=True)
+            pairs = zip(sample.input_ids, [lab != IGNORE_INDEX for lab in sample.labels], strict=True)
             for trained, run in itertools.groupby(pairs, key=lambda p: p[1]):
                 _add(text, tokenizer.decode([t for t, _ in run]), trained, plain)
             text.append(f"\n[{len(sample.input_ids)} tokens, {sample.num_trained} trained]", style="dim")
