@@ -1,0 +1,193 @@
+"""The model side: load for training, the response-only loss, the final HF folder, merge-lora and apply-delta."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from huarizo.formats import IGNORE_INDEX, HuarizoError
+from huarizo.formats.models import resolve_model
+from huarizo.formats.templates import ChatTemplate, get_template
+from huarizo.trainer.config import LoraConfig, ModelConfig
+
+
+class ModelBuildError(HuarizoError):
+    """A model that cannot be built, merged or patched."""
+
+
+def attn_implementation(cfg: ModelConfig) -> str:
+    """`auto` means flash_attention_2 when it is installed and CUDA is there, else sdpa."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def load_model(cfg: ModelConfig) -> Any:
+    """Load the causal LM to train (call under `HfDeepSpeedConfig` for ZeRO-3 so weights load partitioned)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model(cfg.ref)
+    config = AutoConfig.from_pretrained(path)
+    for key, value in cfg.config_overrides.items():
+        setattr(config, key, value)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=getattr(torch, cfg.dtype), attn_implementation=attn_implementation(cfg)
+    )
+    for attr in ("hf_quantizer", "quantization_method"):  # GGUF-converted folders keep a stale marker
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def add_lora(model: Any, cfg: LoraConfig) -> Any:
+    """Wrap the model in a peft LoRA adapter; only the adapter's weights train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as exc:
+        raise ModelBuildError(f"lora.target_modules={cfg.target_modules!r}: {exc}") from None
+
+
+class SFTModel(nn.Module):
+    """Wraps a causal LM; `forward(batch)` returns the summed cross-entropy over the trained tokens only.
+
+    The LM head runs only on positions that carry a target (the response tokens), which saves the vocabulary
+    projection, and the logits' memory, for every prompt and padding token.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        lm: Any = self.lm
+        out = lm.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+        )
+        hidden = out[0]
+        keep = targets != IGNORE_INDEX
+        logits = lm.get_output_embeddings()(hidden[keep]).float()
+        config = lm.config
+        if getattr(config, "final_logit_softcapping", None):
+            cap = config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        if getattr(config, "logit_scale", None):
+            logits = logits * config.logit_scale
+        return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+def write_chat_template(tokenizer: Any, template_name: str) -> None:
+    """Make the training template the tokenizer's chat template (serve and judge read it back)."""
+    if template_name == "hf":
+        return
+    template = get_template(template_name, tokenizer)
+    if isinstance(template, ChatTemplate):
+        tokenizer.chat_template = template.to_jinja()
+
+
+def save_hf_folder(
+    lm: Any, state_dict: dict[str, torch.Tensor] | None, tokenizer: Any, folder: Path, template: str
+) -> Path:
+    """Write an HF model folder atomically (a temporary folder, then a rename)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    write_chat_template(tokenizer, template)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def merge_lora(
+    base: str, adapter: str | os.PathLike[str], target: str | os.PathLike[str], dtype: str = "float32"
+) -> Path:
+    """Merge a LoRA adapter into its base model and write an HF folder (with the adapter folder's tokenizer, if any)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").exists():
+        raise ModelBuildError(f"{adapter}: no adapter_config.json, not a LoRA adapter folder")
+    path = resolve_model(base)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    tok_src = adapter if (adapter / "tokenizer_config.json").exists() else path
+    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def apply_delta(base: str, delta: str, target: str | os.PathLike[str], dtype: str = "float32") -> Path:
+    """Vicuna-style delta weights: `target = base + delta`, parameter by parameter, with the delta's tokenizer.
+
+    A delta with a larger vocabulary (added tokens) is applied to the base rows it has; extra rows come from it as is.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=getattr(torch, dtype))
+    delta_path = resolve_model(delta)
+    delta_model = AutoModelForCausalLM.from_pretrained(delta_path, dtype=getattr(torch, dtype))
+    base_sd = base_model.state_dict()
+    seen: set[int] = set()
+    with torch.no_grad():
+        for name, param in delta_model.state_dict().items():
+            if param.data_ptr() in seen:  # tied weights: add once
+                continue
+            seen.add(param.data_ptr())
+            if name not in base_sd:
+                raise ModelBuildError(f"delta parameter {name!r} has no counterpart in the base model {base!r}")
+            b = base_sd[name]
+            if param.shape == b.shape:
+                param += b
+            elif param.dim() == b.dim() and param.shape[1:] == b.shape[1:] and param.shape[0] >= b.shape[0]:
+                param[: b.shape[0]] += b
+            else:
+                raise ModelBuildError(
+                    f"{name}: delta shape {tuple(param.shape)} does not fit base shape {tuple(b.shape)}"
+                )
+    tokenizer = AutoTokenizer.from_pretrained(delta_path)
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    delta_model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,351 @@
+"""The SFT recipe: one readable loop on a DeepSpeed engine, driven by one `TrainConfig`.
+
+Run it as `huarizo train CONFIG.yaml` (one process), or under `torchrun` / the `deepspeed` launcher with
+`python -m huarizo.trainer CONFIG.yaml` (several processes and nodes). Each optimiser step takes `grad_accum`
+micro-batches per process; the loss is the summed token cross-entropy of all of them divided by the number of
+trained tokens of the whole step (all processes), so every trained token weighs the same whatever the batch shape.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from huarizo.formats import IGNORE_INDEX, JsonlAppender, write_records
+from huarizo.formats.models import resolve_model
+from huarizo.trainer.config import TrainConfig
+from huarizo.trainer.data import Sample, Schedule, collate, load_samples
+from huarizo.trainer.model import SFTModel, add_lora, load_model, merge_lora, save_hf_folder, write_chat_template
+
+KILL_AT_STEP_ENV = "HUARIZO_TRAIN_KILL_AT_STEP"
+"""Fault injection for crash-recovery tests: the process SIGKILLs itself right after logging this step."""
+
+
+@dataclass
+class TrainResult:
+    """Where a run left its outputs."""
+
+    output_dir: Path
+    final_dir: Path
+    steps: int
+    resumed_from: int
+    loss: float | None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU); a single process gets a one-rank group."""
+    cuda = torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    # The shared-memory allreduce op JIT-compiles for a minute on every start; gloo does the reductions.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    elif "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def ds_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for a run: the user's file (if any) with batch, accumulation and clipping set from
+    `cfg`; else one generated from `cfg.deepspeed`."""
+    ds = cfg.deepspeed
+    conf: dict[str, Any] = json.loads(ds.config_file.read_text()) if ds.config_file else {}
+    if "zero_optimization" not in conf:
+        zero: dict[str, Any] = {"stage": ds.stage}
+        if ds.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if ds.offload_params:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if ds.stage == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        conf["zero_optimization"] = zero
+    mb, gas = cfg.batching.micro_batch_size, cfg.optim.grad_accum
+    conf.update(
+        train_micro_batch_size_per_gpu=mb,
+        gradient_accumulation_steps=gas,
+        train_batch_size=mb * gas * world_size,
+        gradient_clipping=cfg.optim.clip,
+    )
+    conf.setdefault("bf16", {"enabled": cfg.model.dtype == "bfloat16"})
+    conf.setdefault("fp16", {"enabled": cfg.model.dtype == "float16"})
+    conf.setdefault("zero_allow_untested_optimizer", True)
+    conf.setdefault("zero_force_ds_cpu_optimizer", False)  # our torch AdamW also runs with optimizer offload
+    conf.setdefault("steps_per_print", 10**9)
+    conf.setdefault("wall_clock_breakdown", False)
+    return conf
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+class _Logger:
+    """metrics.jsonl (+ TensorBoard) on rank 0; on resume the rows after the checkpoint are dropped first."""
+
+    def __init__(self, cfg: TrainConfig, start: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tb: Any = None
+        self.path = cfg.output_dir / "metrics.jsonl"
+        if not enabled:
+            return
+        kept = []
+        if start and self.path.exists():
+            kept = [r for r in JsonlAppender(self.path).existing() if r.get("step", 0) <= start]
+        write_records(self.path, kept)
+        self.out = JsonlAppender(self.path)
+        if cfg.output.tensorboard and importlib.util.find_spec("tensorboard"):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(cfg.output_dir / "tensorboard"), purge_step=start + 1)
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.out.append([row])
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.tb.add_scalar(f"train/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.out.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(engine: Any, samples: list[Sample], cfg: TrainConfig, pad_id: int) -> float:
+    """Mean token loss over the eval samples; every rank runs the same number of forwards (ZeRO-3 gathers)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mb = cfg.batching.micro_batch_size
+    batches = [[[i] for i in range(j, min(j + mb, len(samples)))] for j in range(0, len(samples), mb)]
+    per_rank = math.ceil(len(batches) / world)
+    loss = tokens = 0.0
+    engine.eval()
+    with torch.no_grad():
+        for k in range(per_rank):
+            idx = k * world + rank
+            real = idx < len(batches)
+            batch = _to(collate(batches[idx if real else 0], samples, pad_id, packed=False), engine.device)
+            out = engine(**batch)
+            if real:
+                loss += float(out)
+                tokens += float((batch["targets"] != IGNORE_INDEX).sum())
+    engine.train()
+    loss, tokens = _all_sum([loss, tokens])
+    return loss / max(tokens, 1.0)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune `cfg.model` on `cfg.data` and write `cfg.output_dir` (checkpoints/, metrics.jsonl, final/, ...)."""
+    rank, world = setup_distributed()
+    import deepspeed
+    from transformers import AutoTokenizer, get_scheduler
+    from transformers.integrations import HfDeepSpeedConfig
+
+    out = cfg.output_dir
+    seed = cfg.optim.seed
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.tokenizer or cfg.model.ref))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_s, eval_s, stats = load_samples(cfg.data, tokenizer, seed)
+    schedule = Schedule.build(
+        [len(s) for s in train_s],
+        cfg.batching,
+        cfg.data.max_length,
+        world_size=world,
+        grad_accum=cfg.optim.grad_accum,
+        epochs=cfg.optim.epochs,
+        max_steps=cfg.optim.max_steps,
+        seed=seed,
+    )
+    total = len(schedule.steps)
+    conf = ds_config(cfg, world)
+    if rank == 0:
+        (out / "ds_config.json").write_text(json.dumps(conf, indent=2))
+        (out / "data_stats.json").write_text(json.dumps(stats.__dict__, indent=2))
+
+    # ZeRO-3: transformers loads the weights straight into partitions while this object is alive.
+    hf_ds = HfDeepSpeedConfig(conf) if conf["zero_optimization"].get("stage") == 3 else None
+    lm = load_model(cfg.model)
+    if cfg.lora.enabled:
+        lm = add_lora(lm, cfg.lora)
+    model = SFTModel(lm)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = (
+        None
+        if "optimizer" in conf
+        else torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    )
+    scheduler = None
+    if optimizer is not None and "scheduler" not in conf:
+        warmup = math.ceil(cfg.optim.warmup_ratio * total)
+        scheduler = get_scheduler(cfg.optim.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params, config=conf
+    )
+
+    ckpt_dir = out / "checkpoints"
+    start = 0
+    if cfg.output.resume and (ckpt_dir / "latest").exists():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        start = int(client["step"])
+    logger = _Logger(cfg, start, rank == 0)
+    packed = cfg.batching.mode == "packed"
+    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, 0))
+    progress = None
+    if rank == 0 and cfg.output.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def save(step: int) -> None:
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step})
+        if rank == 0:
+            for old in _checkpoints(ckpt_dir)[: -cfg.output.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    loss = None
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        batches = [collate(rows, train_s, pad_id, packed) for rows in schedule.steps[step][rank]]
+        mine = [float((b["targets"] != IGNORE_INDEX).sum()) for b in batches]
+        n_tokens = float(sum(b["position_ids"].numel() for b in batches))
+        trained, n_tokens = _all_sum([sum(mine), n_tokens])
+        loss_sum = 0.0
+        for batch in batches:
+            summed = engine(**_to(batch, engine.device))
+            engine.backward(summed * (world / trained), scale_wrt_gas=False)
+            engine.step()
+            loss_sum += float(summed)
+        (loss_sum,) = _all_sum([loss_sum])
+        loss = loss_sum / trained
+        done = step + 1
+        row: dict[str, Any] = {"step": done, "loss": loss}
+        if done % cfg.output.log_steps == 0 or done == total:
+            elapsed = time.perf_counter() - t0
+            row |= {
+                "lr": float(engine.get_lr()[0]),
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "epoch": done / schedule.steps_per_epoch,
+                "trained_tokens": int(trained),
+                "tokens": int(n_tokens),
+                "elapsed_s": round(elapsed, 3),
+            }
+            if eval_s and cfg.output.eval_steps and done % cfg.output.eval_steps == 0:
+                row["eval_loss"] = evaluate(engine, eval_s, cfg, pad_id)
+            logger.log(row)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}")
+        if cfg.output.save_steps and done % cfg.output.save_steps == 0:
+            save(done)
+        if kill_at == done and rank == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+    if progress is not None:
+        progress.close()
+    if cfg.output.save_steps and start < total and total % cfg.output.save_steps:
+        save(total)
+    if eval_s:
+        eval_loss = evaluate(engine, eval_s, cfg, pad_id)
+        logger.log({"step": total, "eval_loss": eval_loss})
+    logger.close()
+
+    final = _write_final(cfg, engine, tokenizer, rank)
+    if rank == 0:
+        plot_loss(out / "metrics.jsonl", out / "loss_curve.png")
+    dist.barrier()
+    del hf_ds
+    return TrainResult(out, final, total, start, loss)
+
+
+def _write_final(cfg: TrainConfig, engine: Any, tokenizer: Any, rank: int) -> Path:
+    """The final HF folder (ZeRO-3 partitions consolidated), whose tokenizer carries the training template."""
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict() if rank == 0 else None
+    final = cfg.output_dir / "final"
+    if rank == 0:
+        assert state is not None
+        state = {k.removeprefix("lm."): v for k, v in state.items()}
+        lm = engine.module.lm
+        if cfg.lora.enabled:
+            adapter = cfg.output_dir / "adapter"
+            lm.save_pretrained(adapter, state_dict=state)
+            write_chat_template(tokenizer, cfg.data.template)
+            tokenizer.save_pretrained(adapter)
+            if cfg.lora.merge:
+                merge_lora(cfg.model.ref, adapter, final, dtype=cfg.model.dtype)
+        else:
+            save_hf_folder(lm, state, tokenizer, final, cfg.data.template)
+    dist.barrier()
+    return final
+
+
+def plot_loss(metrics: Path, png: Path) -> Path | None:
+    """Draw the loss curve (and eval loss) of a metrics.jsonl into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = JsonlAppender(metrics).existing() if metrics.exists() else []
+    train_rows = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    eval_rows = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train_rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train_rows, strict=True), label="train loss")
+    if eval_rows:
+        ax.plot(*zip(*eval_rows, strict=True), "o-", label="eval loss")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("token cross-entropy")
+    ax.set_title("huarizo train")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
