@@ -56,7 +56,7 @@ def bench(session: nox.Session) -> None:
     """pytest-benchmark over benchmarks/: each benchmark prints its ratio to the named baseline."""
     _install_all(session)
     session.install("pytest-benchmark")
-    session.run("pytest", "benchmarks", "-s", "--benchmark-columns=min,mean,rounds", *session.posargs, env=ENV)
+    session.run("pytest", "benchmarks", "-s", "-o", "python_files=bench_*.py", *session.posargs, env=ENV)
 
 
 @nox.session

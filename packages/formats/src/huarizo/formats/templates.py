@@ -159,8 +159,12 @@ class ChatTemplate:
                     parts.append("{{ " + name + "_token }}")
             return "".join(parts)
 
-        first_sys = self.first_user_with_system or self.user
-        sys_inline = "" if self.system or self.first_user_with_system else "{{ system + '\\n\\n' }}"
+        if self.first_user_with_system:
+            first_user = lit(self.first_user_with_system)
+        elif self.system:
+            first_user = lit(self.user)
+        else:  # no system slot: the system prompt leads the first user message, as in `render`
+            first_user = lit(self.user, content="system + '\\n\\n' + message['content']")
         return (
             f"{{#- huarizo template: {self.name} -#}}"
             f"{{%- set system = {json.dumps(self.default_system)} -%}}"
@@ -171,12 +175,7 @@ class ChatTemplate:
             + "{%- for message in msgs -%}"
             "{%- if message['role'] == 'user' -%}"
             "{%- if not loop.first -%}" + lit(self.between) + "{%- endif -%}"
-            "{%- if loop.first and system -%}"
-            + sys_inline
-            + lit(first_sys)
-            + "{%- else -%}"
-            + lit(self.user)
-            + "{%- endif -%}"
+            "{%- if loop.first and system -%}" + first_user + "{%- else -%}" + lit(self.user) + "{%- endif -%}"
             "{%- else -%}"
             + lit(self.assistant_prefix)
             + lit(self.answer_sep)

@@ -1,0 +1,118 @@
+"""Config loading with overrides and the formats commands of the `huarizo` CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from huarizo.formats import ConfigError, HuarizoConfig
+from huarizo.formats.models import ModelError, resolve_model
+
+
+class Optim(BaseModel):
+    model_config = {"extra": "forbid"}
+    lr: float = 2e-5
+    epochs: int = 3
+
+
+class Recipe(HuarizoConfig):
+    name: str
+    files: list[str] = Field(default_factory=list)
+    optim: Optim = Optim()
+
+
+def test_yaml_with_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: alpaca\noptim:\n  lr: 1e-4\n")
+    cfg = Recipe.load(path, ["optim.epochs=5", "files=[a.json, b.json]", "name=vicuna"])
+    assert cfg == Recipe(name="vicuna", files=["a.json", "b.json"], optim=Optim(lr=1e-4, epochs=5))
+    assert Recipe.load(None, ["name=x"]).name == "x"
+    assert "epochs: 5" in cfg.to_yaml()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "overrides", "message"),
+    [
+        ("name: a\noptim:\n  lrr: 1\n", [], "r.yaml: unknown key 'optim.lrr'"),
+        ("name: a\n", ["optim.epochs=many"], "--set: optim.epochs: Input should be a valid integer"),
+        ("name: a\n", ["batch=3"], "--set: unknown key 'batch'"),
+        ("optim: {}\n", [], "r.yaml: missing required key 'name'"),
+        ("- a\n", [], "top level must be a mapping"),
+        ("name: [\n", [], "not valid YAML"),
+        ("name: a\n", ["optim.lr"], "expected KEY=VALUE"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_source(
+    tmp_path: Path, yaml_text: str, overrides: list[str], message: str
+) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        Recipe.load(path, overrides)
+    assert message in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: no such config file"):
+        Recipe.load(tmp_path / "nope.yaml")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from huarizo.formats.cli import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_render_highlights_trained_text(shared_data: Path) -> None:
+    res = run("render", str(shared_data / "fastchat/dummy_conversation.json"), "--template", "vicuna_v1.1", "-n", "1")
+    assert res.returncode == 0, res.stderr
+    assert "USER: Who are you? ASSISTANT:⟦ I am Vicuna" in res.stdout.replace("\n", " ")
+    assert "⟦ You too!</s>⟧" in res.stdout
+
+
+def test_render_with_a_tokenizer_counts_trained_tokens(shared_data: Path, tiny_model_dir: Path) -> None:
+    data = shared_data / "alpaca_format_samples/llamafactory_alpaca_en_demo.json"
+    res = run("render", str(data), "--template", "alpaca", "--tokenizer", str(tiny_model_dir), "-n", "2")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("trained]") == 2 and "### Response:⟦" in res.stdout
+
+
+def test_cli_errors_have_no_traceback(tmp_path: Path) -> None:
+    res = run("render", str(tmp_path / "missing.jsonl"), "--template", "alpaca")
+    assert res.returncode == 1 and "missing.jsonl: no such file" in res.stderr and "Traceback" not in res.stderr
+    res = run("config", "schema", "no-such-config")
+    assert res.returncode == 1 and "unknown config 'no-such-config'" in res.stderr
+
+
+def test_model_references(tmp_path: Path, tiny_model_dir: Path) -> None:
+    assert resolve_model(tiny_model_dir) == str(tiny_model_dir)
+    assert resolve_model("someorg/some-model") == "someorg/some-model"
+    with pytest.raises(ModelError, match=r"without config\.json"):
+        resolve_model(tmp_path)
+    with pytest.raises(ModelError, match="no such folder or file"):
+        resolve_model("./not/here")
+
+
+def test_tiny_model_is_built_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUARIZO_CACHE", str(tmp_path))
+    first = resolve_model("tiny")
+    stamp = (Path(first) / "config.json").stat().st_mtime_ns
+    assert resolve_model("tiny") == first and (Path(first) / "config.json").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-llama"]
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_and_generates() -> None:
+    import torch
+
+    from huarizo.formats.models import load_causal_lm
+
+    model, tok = load_causal_lm("embedded")
+    assert model.num_parameters() > 200_000_000 and not getattr(model, "is_quantized", False)
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
