@@ -1,3 +1,28 @@
-"""huarizo-serve: an OpenAI-compatible server and a CLI chat for trained models."""
+"""huarizo-serve: an OpenAI-compatible server with continuous batching, and a CLI chat, for trained models.
+
+    from huarizo.serve import ServeConfig, start_server
+
+    with start_server(ServeConfig(model="tiny", port=0)) as server:
+        print(server.base_url, server.model_name)  # give these to openai / litellm
+"""
+
+from huarizo.serve.config import DEFAULT_TEMPLATE, ServeConfig
+from huarizo.serve.engine import Delta, Engine, EngineError, Finished, SamplingParams
+from huarizo.serve.model import ServedModel
+from huarizo.serve.server import RunningServer, ServeError, serve, start_server
 
 __version__ = "0.1.0"
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "Delta",
+    "Engine",
+    "EngineError",
+    "Finished",
+    "RunningServer",
+    "SamplingParams",
+    "ServeConfig",
+    "ServeError",
+    "ServedModel",
+    "serve",
+    "start_server",
+]

@@ -1,0 +1,93 @@
+"""`huarizo chat`: a multi-turn chat in the terminal that streams the answer as it is generated.
+
+Commands: `/reset` starts over, `/save FILE` writes the conversation as ShareGPT (.json or .jsonl), `/exit`.
+Ctrl-D or Ctrl-C at the prompt quits; Ctrl-C while the model writes stops that answer.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from huarizo.formats.convert import from_conversation
+from huarizo.formats.errors import HuarizoError
+from huarizo.formats.io import write_records
+from huarizo.formats.schemas import Conversation, Message
+from huarizo.serve.engine import Delta, Finished
+from huarizo.serve.model import ServedModel
+
+HELP = "commands: /reset (new conversation), /save FILE (ShareGPT .json/.jsonl), /exit; Ctrl-D quits"
+
+
+def chat_loop(
+    served: ServedModel,
+    *,
+    max_tokens: int = 256,
+    temperature: float = 0.7,
+    system: str | None = None,
+    read: Callable[[str], str] = input,
+    out: TextIO = sys.stdout,
+) -> list[Message]:
+    """Run the chat until EOF or Ctrl-C at the prompt; returns the messages of the last conversation."""
+    messages: list[Message] = [Message(role="system", content=system)] if system else []
+    start = list(messages)
+    print(f"huarizo chat: {served.name} (template {served.template.name}). {HELP}", file=out, flush=True)
+    while True:
+        try:
+            line = read("user> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print("\nbye", file=out, flush=True)
+            return messages
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return messages
+        if line == "/reset":
+            messages = list(start)
+            print("(conversation reset)", file=out, flush=True)
+            continue
+        if line.startswith("/save"):
+            _save(messages, line[5:].strip(), out)
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; {HELP}", file=out, flush=True)
+            continue
+        messages.append(Message(role="user", content=line))
+        ids = served.chat_prompt(Conversation(messages=messages))
+        room = served.context_length - len(ids)
+        if room < 1:
+            messages.pop()
+            print("(the conversation no longer fits the context: /reset)", file=out, flush=True)
+            continue
+        params = served.params(chat=True, max_tokens=min(max_tokens, room), temperature=temperature)
+        print("assistant> ", end="", file=out, flush=True)
+        stream = served.engine.stream(ids, params)
+        answer = ""
+        try:
+            for ev in stream:
+                if isinstance(ev, Delta):
+                    print(ev.text, end="", file=out, flush=True)
+                elif isinstance(ev, Finished):
+                    answer = ev.text
+        except KeyboardInterrupt:
+            stream.close()
+            answer = "(interrupted)"
+        print(file=out, flush=True)
+        messages.append(Message(role="assistant", content=answer))
+
+
+def _save(messages: list[Message], path: str, out: TextIO) -> None:
+    if not path:
+        print("usage: /save FILE.json", file=out, flush=True)
+        return
+    if not any(m.role == "assistant" for m in messages):
+        print("(nothing to save yet)", file=out, flush=True)
+        return
+    try:
+        record = from_conversation(Conversation(messages=messages), "sharegpt")
+        write_records(path, [record])
+    except (HuarizoError, OSError) as exc:
+        print(f"cannot save: {exc}", file=out, flush=True)
+        return
+    print(f"saved {len(messages)} messages to {path}", file=out, flush=True)

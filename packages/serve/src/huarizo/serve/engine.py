@@ -1,0 +1,440 @@
+"""The batching engine: one scheduler thread runs every request's tokens through shared forward passes.
+
+Continuous batching on a Hugging Face causal LM with its KV cache, in a page:
+
+- New requests wait in a queue. Between decode steps the scheduler prefills them together (left padded, one
+  forward pass) and joins their KV cache to the running batch: both caches are left padded to a common length and
+  concatenated on the batch axis; the 2D attention mask hides the padding and explicit position ids keep each
+  sequence's positions its own.
+- Every step feeds each running sequence its last token ([B, 1]), samples each row with its own settings
+  (greedy, temperature, top-p, seed) and hands the new text to the request's sink, holding back text that may be
+  the start of a stop string.
+- A sequence leaves the batch when it hits EOS, a stop string, its `max_tokens`, or is cancelled (a client gone);
+  its rows are dropped from the cache and padding no sequence needs any more is trimmed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from huarizo.formats.errors import HuarizoError
+
+
+class EngineError(HuarizoError):
+    """A request the engine cannot serve (too long for the context, engine closed)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one sequence is generated. `temperature == 0` is greedy decoding."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text of a sequence (`tokens` tokens were generated since the previous event)."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A sequence is done: why (`stop`, `length`, `cancelled`, `error`), its full text and token counts."""
+
+    reason: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+
+
+Event = Delta | Finished
+Sink = Callable[[Event], None]
+
+
+def stop_holdback(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of `text` could be the start of a stop string (so must not be sent yet)."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
+    """Index of the earliest stop string in `text[start:]` (as an index into `text`), or -1."""
+    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+class TextTracker:
+    """Turns a growing list of token ids into safe text deltas, applying stop strings.
+
+    Text is decoded together with a few prompt tokens and that prefix is cut off again, so tokenizers that drop a
+    leading space at the start of a decode still give the right text; an incomplete UTF-8 character (U+FFFD at the
+    end) and a possible stop-string prefix are held back until the next token decides them.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.prefix = list(prompt_ids[-4:])
+        self.prefix_text = self._decode(self.prefix)
+        self.stops = [s for s in stops if s]
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def add(self, token_id: int) -> str:
+        """Append a token; returns the text that is now safe to send (sets `stopped` on a stop string)."""
+        self.ids.append(token_id)
+        full = self._decode(self.prefix + self.ids)
+        text = full[len(self.prefix_text) :] if full.startswith(self.prefix_text) else self._decode(self.ids)
+        longest = max((len(s) for s in self.stops), default=0)
+        hit = find_stop(text, self.stops, max(0, self.sent - longest))
+        if hit >= 0:
+            self.stopped = True
+            self.text = text[:hit]
+            return self.flush()
+        self.text = text
+        safe = len(text) - stop_holdback(text, self.stops)
+        while safe > self.sent and text[safe - 1] == "\ufffd":
+            safe -= 1
+        out = text[self.sent : max(safe, self.sent)]
+        self.sent += len(out)
+        return out
+
+    def flush(self) -> str:
+        """Everything not sent yet (at the end of a sequence)."""
+        out = self.text[self.sent :]
+        self.sent = len(self.text)
+        return out
+
+
+@dataclass
+class _Seq:
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: Sink
+    tracker: TextTracker
+    generator: Any
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    last_token: int = -1
+    generated: int = 0
+    unsent_tokens: int = 0
+    done: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + self.generated
+
+
+class RequestHandle:
+    """A submitted sequence: `cancel()` frees its slot at the next step."""
+
+    def __init__(self, seq: _Seq) -> None:
+        self._seq = seq
+
+    def cancel(self) -> None:
+        """Stop generating (the sink gets `Finished('cancelled', ...)`)."""
+        self._seq.cancelled.set()
+
+
+@dataclass
+class EngineStats:
+    """Live counters for /metrics."""
+
+    waiting: int = 0
+    running: int = 0
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Continuous batching over a causal LM on one device. Thread-safe: `submit` from any thread."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 16,
+        max_model_len: int | None = None,
+    ) -> None:
+        import torch
+
+        self.torch = torch
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_size = max_batch_size
+        cfg = getattr(model.config, "get_text_config", lambda: model.config)()
+        ctx = getattr(cfg, "max_position_embeddings", None) or 2048
+        self.max_model_len = min(max_model_len or ctx, ctx)
+        self.sliding_window = (
+            getattr(cfg, "sliding_window", None) if "sliding" in str(getattr(cfg, "layer_types", "")) else None
+        )
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if tokenizer.eos_token_id is not None:
+            eos_ids.append(tokenizer.eos_token_id)
+        self.eos_ids = {int(i) for i in eos_ids}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renamed it
+        self.stats = EngineStats()
+        self._queue: queue.Queue[_Seq | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="huarizo-engine", daemon=True)
+        self._thread.start()
+
+    # ---- public API ---------------------------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> RequestHandle:
+        """Queue a sequence; `sink` gets its `Delta`s and one `Finished`, called from the engine thread."""
+        if self._closed:
+            raise EngineError("the engine is closed")
+        if not prompt_ids:
+            raise EngineError("the prompt is empty")
+        if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise EngineError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's context "
+                f"of {self.max_model_len} tokens"
+            )
+        torch = self.torch
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(params.seed if params.seed is not None else int(torch.seed()) % (2**63))
+        seq = _Seq(list(prompt_ids), params, sink, TextTracker(self.tokenizer, prompt_ids, params.stop), gen)
+        self.stats.waiting += 1
+        self._queue.put(seq)
+        return RequestHandle(seq)
+
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[Event]:
+        """Generate synchronously, yielding events as they come; closing the iterator cancels the sequence."""
+        events: queue.Queue[Event] = queue.Queue()
+        handle = self.submit(prompt_ids, params, events.put)
+        try:
+            while True:
+                ev = events.get()
+                yield ev
+                if isinstance(ev, Finished):
+                    return
+        finally:
+            handle.cancel()
+
+    def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Finished:
+        """Generate synchronously and return the finished sequence."""
+        for ev in self.stream(prompt_ids, params):
+            if isinstance(ev, Finished):
+                return ev
+        raise EngineError("the engine stopped without finishing the sequence")  # pragma: no cover
+
+    def close(self) -> None:
+        """Stop the scheduler thread (running sequences finish as `cancelled`)."""
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    # ---- the scheduler ------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        running: list[_Seq] = []
+        cache: Any = None
+        mask: Any = None
+        while True:
+            block = not running
+            incoming: list[_Seq] = []
+            stop = False
+            while len(running) + len(incoming) < self.max_batch_size:
+                try:
+                    item = self._queue.get(block=block and not incoming)
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                self.stats.waiting -= 1
+                if item.cancelled.is_set():
+                    self._finish(item, "cancelled")
+                    continue
+                incoming.append(item)
+            if stop:
+                for seq in running + incoming:
+                    self._finish(seq, "cancelled")
+                return
+            try:
+                if incoming and running and not self._can_join(running, cache, incoming):
+                    for seq in incoming:  # the sliding window forbids a join now: retry after this batch
+                        self.stats.waiting += 1
+                        self._queue.put(seq)
+                    incoming = []
+                if incoming:
+                    new_cache, new_mask = self._prefill(incoming)
+                    if running:
+                        cache, mask = self._join(cache, mask, new_cache, new_mask)
+                    else:
+                        cache, mask = new_cache, new_mask
+                    running += incoming
+                    incoming = []
+                running, cache, mask = self._evict(running, cache, mask)
+                if running:
+                    cache, mask = self._decode(running, cache, mask)
+                    running, cache, mask = self._evict(running, cache, mask)
+            except Exception as exc:  # a failed step fails its sequences, never the server
+                for seq in running + incoming:
+                    self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+                running, cache, mask = [], None, None
+            self.stats.running = len(running)
+
+    def _can_join(self, running: list[_Seq], cache: Any, incoming: list[_Seq]) -> bool:
+        if self.sliding_window is None:
+            return True
+        longest = max(len(s.prompt_ids) for s in incoming)
+        return max(cache_length(cache), longest) < self.sliding_window - 1
+
+    def _prefill(self, seqs: list[_Seq]) -> tuple[Any, Any]:
+        torch = self.torch
+        from transformers import DynamicCache
+
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s.prompt_ids) :] = torch.tensor(s.prompt_ids)
+            mask[i, width - len(s.prompt_ids) :] = 1
+            self.stats.prompt_tokens += len(s.prompt_ids)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kw: cache},
+            )
+        self._sample(seqs, out.logits[:, -1, :])
+        return cache, mask.to(self.device)
+
+    def _decode(self, seqs: list[_Seq], cache: Any, mask: Any) -> tuple[Any, Any]:
+        torch = self.torch
+        ids = torch.tensor([[s.last_token] for s in seqs], device=self.device)
+        positions = torch.tensor([[s.length - 1] for s in seqs], device=self.device)
+        mask = torch.cat([mask, mask.new_ones((len(seqs), 1))], dim=1)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kw: cache}
+            )
+        self.stats.steps += 1
+        self.stats.batch_sizes.append(len(seqs))
+        del self.stats.batch_sizes[:-1000]
+        self._sample(seqs, out.logits[:, -1, :])
+        return cache, mask
+
+    def _sample(self, seqs: list[_Seq], logits: Any) -> None:
+        torch = self.torch
+        logits = logits.float()
+        greedy = logits.argmax(-1).tolist()
+        for i, s in enumerate(seqs):
+            p = s.params
+            if p.temperature > 0:
+                probs = torch.softmax(logits[i] / p.temperature, -1)
+                if p.top_p < 1.0:
+                    sorted_p, order = probs.sort(descending=True)
+                    keep = sorted_p.cumsum(-1) - sorted_p < p.top_p
+                    probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+                token = int(torch.multinomial(probs.cpu(), 1, generator=s.generator))
+            else:
+                token = greedy[i]
+            self._accept(s, token)
+
+    def _accept(self, s: _Seq, token: int) -> None:
+        s.last_token = token
+        s.generated += 1
+        self.stats.completion_tokens += 1
+        if token in s.params.stop_token_ids or (token in self.eos_ids and not s.params.ignore_eos):
+            self._finish(s, "stop", s.tracker.flush())
+            return
+        s.unsent_tokens += 1
+        text = s.tracker.add(token)
+        if s.tracker.stopped:
+            self._finish(s, "stop", text)
+        elif s.generated >= s.params.max_tokens:
+            self._finish(s, "length", text + s.tracker.flush())
+        elif text:
+            s.sink(Delta(text, s.unsent_tokens))
+            s.unsent_tokens = 0
+
+    def _finish(self, s: _Seq, reason: str, last: str = "", error: str | None = None) -> None:
+        if s.done:
+            return
+        s.done = True
+        if reason != "cancelled" and last:
+            s.sink(Delta(last, s.unsent_tokens))
+        s.sink(Finished(reason, s.tracker.text, len(s.prompt_ids), s.generated, error))
+
+    def _evict(self, running: list[_Seq], cache: Any, mask: Any) -> tuple[list[_Seq], Any, Any]:
+        for s in running:
+            if s.cancelled.is_set():
+                self._finish(s, "cancelled")
+        keep = [i for i, s in enumerate(running) if not s.done]
+        if len(keep) == len(running):
+            return running, cache, mask
+        if not keep:
+            return [], None, None
+        idx = self.torch.tensor(keep, device=self.device)
+        mask = mask[idx]
+        start = int((mask.sum(0) > 0).nonzero()[0])  # leading columns no sequence uses any more
+        trim = start if self.sliding_window is None or cache_length(cache) < self.sliding_window - 1 else 0
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[idx, :, trim:], layer.values[idx, :, trim:]
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length -= trim
+        return [running[i] for i in keep], cache, mask[:, trim:]
+
+    def _join(self, cache: Any, mask: Any, new_cache: Any, new_mask: Any) -> tuple[Any, Any]:
+        torch = self.torch
+        width = max(mask.shape[1], new_mask.shape[1])
+
+        def pad(t: Any, n: int) -> Any:
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[2] = n
+            return torch.cat([t.new_zeros(shape), t], dim=2)
+
+        a, b = width - mask.shape[1], width - new_mask.shape[1]
+        for old, new in zip(cache.layers, new_cache.layers, strict=True):
+            old.keys = torch.cat([pad(old.keys, a), pad(new.keys, b)], dim=0)
+            old.values = torch.cat([pad(old.values, a), pad(new.values, b)], dim=0)
+            if hasattr(old, "cumulative_length"):
+                old.cumulative_length = width
+        mask = torch.cat([torch.nn.functional.pad(mask, (a, 0)), torch.nn.functional.pad(new_mask, (b, 0))], dim=0)
+        return cache, mask
+
+
+def cache_length(cache: Any) -> int:
+    """The time length of a KV cache (as its layers count it)."""
+    return int(cache.get_seq_length())

@@ -1,0 +1,78 @@
+"""A served model: the engine plus the template that decides prompts and stop strings (from the registry only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huarizo.formats.schemas import Conversation
+from huarizo.formats.templates import Template, get_template, template_for_tokenizer
+from huarizo.serve.config import DEFAULT_TEMPLATE, ServeConfig
+from huarizo.serve.engine import Engine, SamplingParams
+
+
+def default_model_name(ref: str) -> str:
+    """The name a model reference is served under: `embedded`, `tiny`, a folder's or file's name, a hub id."""
+    path = Path(ref)
+    return path.stem if path.suffix == ".gguf" else path.name if path.exists() else ref
+
+
+def split_stops(tokenizer: Any, stops: Sequence[str]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Split stop strings into text stops and special-token ids (special tokens are never in decoded text)."""
+    added = tokenizer.get_added_vocab()
+    texts = tuple(dict.fromkeys(s for s in stops if s and s not in added))
+    ids = tuple(dict.fromkeys(int(added[s]) for s in stops if s in added))
+    return texts, ids
+
+
+@dataclass
+class ServedModel:
+    """What the API and the chat need: engine, tokenizer, template and the served name."""
+
+    engine: Engine
+    tokenizer: Any
+    template: Template
+    name: str
+
+    @classmethod
+    def load(cls, cfg: ServeConfig) -> ServedModel:
+        """Load the model of `cfg` and start its engine."""
+        from huarizo.formats.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        template = (
+            get_template(cfg.template, tokenizer)
+            if cfg.template
+            else template_for_tokenizer(tokenizer, DEFAULT_TEMPLATE)
+        )
+        engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size, max_model_len=cfg.max_model_len)
+        return cls(engine, tokenizer, template, cfg.model_name or default_model_name(cfg.model))
+
+    @property
+    def context_length(self) -> int:
+        """The longest prompt + completion, in tokens."""
+        return self.engine.max_model_len
+
+    def chat_prompt(self, conv: Conversation) -> list[int]:
+        """Token ids of the template's generation prompt for a conversation ending in a user turn."""
+        tok = self.tokenizer
+        text = self.template.generation_prompt(conv, eos=tok.eos_token, bos=tok.bos_token or "")
+        return list(tok.encode(text, add_special_tokens=self.template.add_special_tokens))
+
+    def completion_prompt(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a raw completion prompt (the tokenizer adds its BOS, as in training)."""
+        return list(prompt) if isinstance(prompt, list) else list(self.tokenizer.encode(prompt))
+
+    def params(self, *, chat: bool, stop: Sequence[str] = (), **kw: Any) -> SamplingParams:
+        """Sampling parameters; a chat also stops where the template ends a turn, a completion at EOS."""
+        stops = [*self.template.stop_strings(eos=self.tokenizer.eos_token), *stop] if chat else list(stop)
+        texts, ids = split_stops(self.tokenizer, stops)
+        return SamplingParams(stop=texts, stop_token_ids=ids, **kw)
+
+    def close(self) -> None:
+        """Stop the engine."""
+        self.engine.close()
