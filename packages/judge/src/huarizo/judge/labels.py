@@ -1,0 +1,94 @@
+"""Reference labels for the judge audit: human or strong-judge preferences to measure a judge's agreement against.
+
+Two layouts are read (detected from keys):
+
+- FastChat's legacy reviews (`review/*.jsonl`): `question_id, answer1_id, answer2_id, text` where `text` starts with
+  the two scores "s1 s2" (also in `score`); the answer ids name the models through the answer files being graded.
+- AlpacaEval annotations: `instruction, generator_1, generator_2, preference` (1 or 2, 1.5 or 0 for a tie).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from huarizo.formats.errors import HuarizoError, RecordError
+from huarizo.formats.io import iter_raw
+from huarizo.judge.data import Answer, QuestionSet, text_key
+
+_SCORES = re.compile(r"^\s*(\d+(?:\.\d+)?)[\s,/]+(\d+(?:\.\d+)?)")
+
+
+@dataclass(frozen=True)
+class Label:
+    """A labelled comparison: `winner` is `model_1`, `model_2` or `tie`."""
+
+    question_id: str
+    model_1: str
+    model_2: str
+    winner: str
+
+
+def _review_scores(d: dict[str, Any]) -> tuple[float, float] | None:
+    """The review's two scores: its `score` pair, else the "s1 s2" its text starts with (some reviews, e.g. of
+    math questions, solve the problem first and put the scores on the last line; `score` has them)."""
+    score = d.get("score")
+    if isinstance(score, list) and len(score) == 2 and all(isinstance(x, int | float) for x in score):
+        return float(score[0]), float(score[1])
+    match = _SCORES.match(str(d.get("text", "")))
+    return (float(match.group(1)), float(match.group(2))) if match else None
+
+
+def _winner(s1: float, s2: float, m1: str, m2: str) -> str:
+    return m1 if s1 > s2 else m2 if s2 > s1 else "tie"
+
+
+def load_labels(
+    path: str | os.PathLike[str], questions: QuestionSet, answers: dict[str, dict[str, Answer]]
+) -> list[Label]:
+    """Read a labels file; comparisons whose models or questions are not being graded are skipped."""
+    by_answer_id = {a.answer_id: a.model_id for per in answers.values() for a in per.values() if a.answer_id}
+    by_text = {q.text_key: q.question_id for q in questions.questions}
+    out: list[Label] = []
+    for item in iter_raw(path):
+        if isinstance(item, RecordError):
+            raise item
+        d = item.data
+        if not isinstance(d, dict):
+            raise RecordError(item.file, item.where, None, "expected a JSON object")
+        if "answer1_id" in d:
+            scores = _review_scores(d)
+            if scores is None:
+                raise RecordError(item.file, item.where, "text", "neither a score pair nor text starting 's1 s2'")
+            m1, m2 = by_answer_id.get(d["answer1_id"]), by_answer_id.get(d["answer2_id"])
+            if m1 is None or m2 is None:
+                continue
+            s1, s2 = scores
+            out.append(Label(str(d["question_id"]), m1, m2, _winner(s1, s2, m1, m2)))
+        elif "generator_1" in d and "preference" in d:
+            qid = by_text.get(text_key(str(d.get("instruction", ""))))
+            pref = d["preference"]
+            if qid is None or pref is None or (isinstance(pref, float) and math.isnan(pref)):
+                continue
+            try:
+                p = float(pref)
+            except (TypeError, ValueError):
+                raise RecordError(item.file, item.where, "preference", f"not a number: {pref!r}") from None
+            m1, m2 = str(d["generator_1"]), str(d["generator_2"])
+            winner = "tie" if p == 0 or p == 1.5 else m1 if p < 1.5 else m2
+            out.append(Label(qid, m1, m2, winner))
+        else:
+            keys = ", ".join(sorted(d))
+            raise RecordError(
+                item.file,
+                item.where,
+                None,
+                f"unknown labels layout (keys {keys}); expected FastChat reviews (answer1_id, answer2_id, text) "
+                "or AlpacaEval annotations (generator_1, generator_2, preference)",
+            )
+    if not out:
+        raise HuarizoError(f"{path}: no label matches the models and questions being graded")
+    return out

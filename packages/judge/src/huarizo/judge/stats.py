@@ -1,0 +1,108 @@
+"""Statistics of judgments: win rates with bootstrap intervals, length-controlled win rate, Bradley-Terry ratings,
+the judge audit (position consistency, length preference) and agreement with labels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def bootstrap_ci(values: Sequence[float], *, n: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the mean of `values` ([nan, nan] when empty)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return [math.nan, math.nan]
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n, x.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, ridge: np.ndarray, iters: int = 50) -> np.ndarray:
+    """Logistic regression with soft targets y in [0, 1] and a ridge penalty per coefficient (Newton steps)."""
+    beta = np.zeros(x.shape[1])
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(x @ beta)))
+        grad = x.T @ (p - y) + ridge * beta
+        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(ridge) + 1e-9 * np.eye(x.shape[1])
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta
+
+
+def length_controlled_win_rate(outcomes: Sequence[float], length_diffs: Sequence[float]) -> float | None:
+    """Win rate with the length effect regressed out, in the spirit of AlpacaEval 2.
+
+    Fits P(win) = sigmoid(b0 + b1 * tanh(d / sd(d))) on the outcomes (1 win, 0.5 tie, 0 loss) and the length
+    differences d (model minus opponent, characters); the length-controlled win rate is sigmoid(b0): the predicted
+    win rate if both answers had the same length. A small ridge keeps a judge that only looks at length finite.
+    """
+    y = np.asarray(outcomes, dtype=float)
+    d = np.asarray(length_diffs, dtype=float)
+    if y.size == 0:
+        return None
+    sd = d.std()
+    z = np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
+    x = np.column_stack([np.ones_like(z), z])
+    beta = _logistic_fit(x, y, ridge=np.array([1e-3, 1.0]))
+    return float(1 / (1 + math.exp(-beta[0])))
+
+
+def bradley_terry(
+    models: Sequence[str], games: Sequence[tuple[str, str, float]], *, ridge: float = 1e-2
+) -> dict[str, float]:
+    """Bradley-Terry strengths on the Elo scale (mean 1000, 400 points = 10:1 odds) from (a, b, score of a) games."""
+    idx = {m: i for i, m in enumerate(models)}
+    if not games:
+        return dict.fromkeys(models, 1000.0)
+    x = np.zeros((len(games), len(models)))
+    y = np.zeros(len(games))
+    for k, (a, b, s) in enumerate(games):
+        x[k, idx[a]], x[k, idx[b]], y[k] = 1.0, -1.0, s
+    beta = _logistic_fit(x, y, ridge=np.full(len(models), ridge))
+    beta -= beta.mean()
+    return {m: float(1000 + 400 / math.log(10) * beta[idx[m]]) for m in models}
+
+
+def bradley_terry_ci(
+    models: Sequence[str],
+    games_by_question: dict[str, list[tuple[str, str, float]]],
+    *,
+    n: int = 200,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Bradley-Terry ratings with percentile bootstrap intervals (questions resampled)."""
+    keys = sorted(games_by_question)
+    point = bradley_terry(models, [g for k in keys for g in games_by_question[k]])
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {m: [] for m in models}
+    for _ in range(n if keys else 0):
+        pick = rng.integers(0, len(keys), size=len(keys))
+        r = bradley_terry(models, [g for i in pick for g in games_by_question[keys[i]]])
+        for m in models:
+            samples[m].append(r[m])
+    out = {}
+    for m in models:
+        lo, hi = np.percentile(samples[m], [2.5, 97.5]) if samples[m] else (math.nan, math.nan)
+        out[m] = {"rating": point[m], "ci": [float(lo), float(hi)]}
+    return out
+
+
+def agreement(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Agreement of judge verdicts with labels, each 'a', 'b' or 'tie': with ties (3-way) and without (both decided)."""
+    n = len(pairs)
+    same = sum(j == lab for j, lab in pairs)
+    decided = [(j, lab) for j, lab in pairs if j != "tie" and lab != "tie"]
+    return {
+        "n": n,
+        "agreement_with_ties": same / n if n else None,
+        "n_decided": len(decided),
+        "agreement_without_ties": sum(j == lab for j, lab in decided) / len(decided) if decided else None,
+        "judge_ties": sum(j == "tie" for j, _ in pairs),
+        "label_ties": sum(lab == "tie" for _, lab in pairs),
+    }
