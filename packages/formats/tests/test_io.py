@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from huarizo.formats import AlpacaRecord, HuarizoError, RecordError, ShareGPTConversation, load, read_records, write_records
+from huarizo.formats import (
+    AlpacaRecord,
+    HuarizoError,
+    RecordError,
+    ShareGPTConversation,
+    load,
+    read_records,
+    write_records,
+)
 from huarizo.formats.io import JsonlAppender
 
 REAL = {

@@ -89,7 +89,7 @@ def _retryable(exc: BaseException) -> bool:
         litellm.exceptions.InternalServerError,
         litellm.exceptions.ServiceUnavailableError,
     )
-    if isinstance(exc, retry | asyncio.TimeoutError):
+    if isinstance(exc, (*retry, asyncio.TimeoutError)):
         return True
     status = getattr(exc, "status_code", None)
     return isinstance(status, int) and (status == 429 or status >= 500)
@@ -114,6 +114,9 @@ class LLMClient:
     backoff_max: float = 30.0
     usage: Usage = field(default_factory=Usage)
     _sem: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    _sem_loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
+    in_flight: int = field(default=0, init=False)
+    max_in_flight: int = field(default=0, init=False)
 
     def _cache_path(self, h: str) -> Path | None:
         return Path(self.cache_dir) / h[:2] / f"{h}.json" if self.cache_dir else None
@@ -158,10 +161,16 @@ class LLMClient:
         if hit is not None:
             self.usage.add(hit)
             return hit
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.concurrency)
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem_loop is not loop:  # one semaphore per event loop
+            self._sem, self._sem_loop = asyncio.Semaphore(self.concurrency), loop
         async with self._sem:
-            resp = await self._send_with_retries(payload, h)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                resp = await self._send_with_retries(payload, h)
+            finally:
+                self.in_flight -= 1
         self._write_cache(h, payload, resp)
         self.usage.add(resp)
         return resp
@@ -209,7 +218,6 @@ class LLMClient:
 
     def complete(self, content: str | Sequence[dict[str, str]], **params: Any) -> LLMResponse:
         """Blocking form of `acomplete`."""
-        self._sem = None
         return asyncio.run(self.acomplete(content, **params))
 
 

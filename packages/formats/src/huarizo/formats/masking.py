@@ -77,7 +77,7 @@ def _answer_spans(segs: list[Segment], enc: Any) -> list[tuple[int, int, str]] |
         first, last = enc.char_to_token(lo), enc.char_to_token(hi - 1)
         if first is None or last is None:
             return None
-        start, end = enc.offsets[first][0], enc.offsets[last][1]
+        start, end = enc.token_to_chars(first)[0], enc.token_to_chars(last)[1]
         if text[start:lo].strip() or text[hi:end].strip():
             return None
         spans.append((first, last + 1, core))
