@@ -9,6 +9,7 @@ model's own earlier replies. Every request is cached by its hash, so a rerun pay
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,46 @@ def default_cache() -> str:
     return str(huarizo_cache() / "llm")
 
 
+def _retryable(exc: BaseException) -> bool:
+    import litellm
+
+    retry = (
+        litellm.exceptions.RateLimitError,
+        litellm.exceptions.Timeout,
+        litellm.exceptions.APIConnectionError,
+        litellm.exceptions.InternalServerError,
+        litellm.exceptions.ServiceUnavailableError,
+        asyncio.TimeoutError,
+    )
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, retry) or (isinstance(status, int) and (status == 429 or status >= 500))
+
+
+class _Client(LLMClient):
+    """`LLMClient` with its retry loop's error check working (formats 0.1.0 raises TypeError on `tuple | type`
+    in `_retryable`, so no error was ever retried); drop once formats is fixed."""
+
+    async def _send_with_retries(self, payload: dict[str, Any], h: str) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await self._send(payload, h)
+            except Exception as exc:
+                if not _retryable(exc) or attempt >= self.max_retries:
+                    self.usage.failures += 1
+                    raise LLMError(f"{self.model}: request failed after {attempt + 1} tries: {exc}") from exc
+                delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                self.usage.retries += 1
+                await asyncio.sleep(delay)
+
+
 def make_client(cfg: Any, model: str, mode: str = "chat") -> LLMClient:
     """An `LLMClient` from a config's api_base / api_key / concurrency / cache_dir / max_retries."""
     import litellm
 
     litellm.suppress_debug_info = True  # no "Provider List" banner when the cost of a local model is unknown
-    return LLMClient(
+    return _Client(
         model=model,
         api_base=cfg.api_base,
         api_key=cfg.api_key,

@@ -186,8 +186,8 @@ def grade(cfg: GradeConfig, *, progress: bool = True) -> GradeResult:
     qs = load_questions(cfg.questions)
     if cfg.references:
         load_references(qs, cfg.references)
-    qs.questions = qs.questions[: cfg.limit]
     answers, baseline = load_all_answers(cfg, qs)
+    qs.questions = qs.questions[: cfg.limit]
     models = sorted(m for m in answers if m != baseline)
     client = make_client(cfg, cfg.judge)
     jobs: list[Callable[[], Any]] = []

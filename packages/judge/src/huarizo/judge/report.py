@@ -48,6 +48,7 @@ def audit_pairwise(js: Sequence[Judgment]) -> dict[str, Any]:
     decided = [j for j in ok if j.winner not in (None, "tie") and j.len_a != j.len_b]
     longer = sum((j.winner == j.model_a) == (j.len_a > j.len_b) for j in decided)
     return {
+        "unparsed_replies": sum(len(j.replies) - sum(v is not None for v in j.verdicts) for j in js),
         "inconsistent": len(ok) - consistent,
         "position_consistency": _frac(consistent, len(ok)),
         "first_position_preference": _frac(sum(v == "A" for v in raw), len(raw)),
@@ -72,6 +73,7 @@ def audit_single(js: Sequence[Judgment]) -> dict[str, Any]:
     if len(ok) > 2 and np.std([j.len_a for j in ok]) > 0 and np.std([j.score for j in ok]) > 0:  # type: ignore[arg-type]
         corr = float(np.corrcoef([j.len_a for j in ok], [j.score for j in ok])[0, 1])  # type: ignore[misc]
     return {
+        "unparsed_replies": sum(len(j.replies) - (j.score is not None) for j in js),
         "position_consistency": None,
         "prefers_longer": _frac(longer, decided),
         "score_length_correlation": corr,
@@ -261,6 +263,7 @@ def write_report(out: Path, s: dict[str, Any], *, plots: bool = True) -> Path:
         ["first-position preference (of decided verdicts)", _fmt(a.get("first_position_preference"), True)],
         ["prefers the longer answer (of decided verdicts)", _fmt(a.get("prefers_longer"), True)],
         ["score-length correlation", _fmt(a.get("score_length_correlation"))],
+        ["replies without a verdict (asked again)", _fmt(a.get("unparsed_replies"))],
         ["errors (no verdict, or the request failed)", _fmt(a.get("errors"))],
     ]
     lines += _table(["measure", "value"], [r for r in audit_rows if r[1] != "–" or "consistency" in r[0]])
