@@ -155,3 +155,12 @@ class TrainConfig(HuarizoConfig):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TrainConfig:
+        if self.batching.pack_length is not None and self.batching.pack_length < self.data.max_length:
+            raise ValueError(
+                f"batching.pack_length ({self.batching.pack_length}) must be at least data.max_length "
+                f"({self.data.max_length})"
+            )
+        return self

@@ -1,0 +1,49 @@
+"""Packing keeps every sample's loss what it is alone: positions restart and attention stays within the sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from huarizo.formats import IGNORE_INDEX
+from huarizo.trainer import DataConfig, SFTModel, collate, load_samples
+
+DATA = Path(__file__).resolve().parents[3] / "configs" / "train" / "data" / "tiny-alpaca.json"
+
+
+def _only(batch: dict[str, torch.Tensor], a: int, b: int) -> dict[str, torch.Tensor]:
+    """The batch with targets kept only in columns [a, b) of row 0."""
+    out = dict(batch)
+    t = torch.full_like(batch["targets"], IGNORE_INDEX)
+    t[0, a:b] = batch["targets"][0, a:b]
+    out["targets"] = t
+    return out
+
+
+def test_packed_per_sample_loss_equals_unpacked(tiny_model_dir: Path, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = SFTModel(AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")).eval()
+    samples, _, _ = load_samples(DataConfig(files=[DATA], max_length=256), tiny_tokenizer, seed=0)
+    picked = [0, 9, 17, 30]
+    packed = collate([picked], samples, tiny_tokenizer.pad_token_id, packed=True)
+    padded = collate([[i] for i in picked], samples, tiny_tokenizer.pad_token_id, packed=False)
+    contiguous = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1])[None])
+    with torch.no_grad():
+        at = 0
+        for r, i in enumerate(picked):
+            n = len(samples[i])
+            alone = model(**collate([[i]], samples, tiny_tokenizer.pad_token_id, packed=True))
+            in_pack = model(**_only(packed, at, at + n))
+            row = {k: v[r : r + 1] for k, v in padded.items()}
+            in_padded_batch = model(**row)
+            torch.testing.assert_close(in_pack, alone, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(in_padded_batch, alone, rtol=1e-4, atol=1e-4)
+            if at:  # without the per-sample positions the later samples would see their neighbours
+                leaked = model(**_only(contiguous, at, at + n))
+                assert abs(float(leaked) - float(alone)) > 1e-3
+            at += n
+        # and the whole packed row's loss is the sum of the samples' losses
+        total = sum(float(model(**collate([[i]], samples, tiny_tokenizer.pad_token_id, packed=True))) for i in picked)
+        assert abs(float(model(**packed)) - total) < 1e-3 * total

@@ -1,0 +1,155 @@
+"""Real DeepSpeed runs (one subprocess each): learning, ZeRO-2/3 across two processes, accumulation, resume after
+kill -9, LoRA, the final folder and the script contract of configs/train/tiny-cpu.yaml."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from huarizo.formats import Conversation, Message, get_template
+from huarizo.formats.templates import template_for_tokenizer
+from huarizo.trainer.train import KILL_AT_STEP_ENV
+
+from .conftest import REPO, RunTrain, read_metrics, train_env
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _assert_loss_falls(rows: list[dict[str, Any]]) -> None:
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) >= 8
+    assert mean(losses[-3:]) < mean(losses[:3]) - 0.3, losses
+
+
+def _assert_serves_alpaca(final: Path) -> None:
+    """The final folder loads with from_pretrained, carries the alpaca template and EOS, and generates."""
+    tok = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert template_for_tokenizer(tok).name == "alpaca"
+    conv = Conversation(messages=[Message(role="user", content="What is the capital of Peru?")])
+    prompt = tok.apply_chat_template([{"role": "user", "content": conv.messages[0].content}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert prompt == get_template("alpaca").generation_prompt(conv, eos=tok.eos_token, bos=tok.bos_token)
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    ids = tok(prompt, return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_process_zero_run_learns_and_writes_a_loadable_model(
+    run_train: RunTrain, base_config: dict[str, Any], tiny_model_dir: Path, stage: int
+) -> None:
+    cfg = base_config | {"deepspeed": {"stage": stage}}
+    cfg["optim"] |= {"lr": 3e-3, "epochs": 4}
+    cfg["data"] |= {"max_length": 96}
+    run_train(cfg, nproc=2)
+    out = Path(cfg["output_dir"])
+    rows = read_metrics(out)
+    _assert_loss_falls(rows)
+    assert rows[0]["trained_tokens"] > 0 and (out / "loss_curve.png").stat().st_size > 1000
+    final = _weights(out / "final")
+    base = _weights(tiny_model_dir)
+    assert final.keys() == base.keys()  # ZeRO-3 partitions were consolidated, none is missing or empty
+    for name, w in base.items():
+        assert final[name].shape == w.shape
+    assert any(not torch.equal(final[n], base[n]) for n in base)
+    _assert_serves_alpaca(out / "final")
+
+
+def test_grad_accumulation_normalises_by_trained_tokens(run_train: RunTrain, base_config: dict[str, Any]) -> None:
+    """Two micro-batches of one row accumulated give the same losses and weights as one micro-batch of two rows."""
+    outs = []
+    for mb, gas in [(2, 1), (1, 2)]:
+        cfg = dict(base_config)
+        cfg["output_dir"] = f"{base_config['output_dir']}-{mb}x{gas}"
+        cfg["batching"] = {"mode": "padded", "micro_batch_size": mb}
+        cfg["optim"] = cfg["optim"] | {"grad_accum": gas, "max_steps": 6, "lr": 3e-3}
+        run_train(cfg)
+        outs.append(Path(cfg["output_dir"]))
+    a, b = (read_metrics(o) for o in outs)
+    assert [r["trained_tokens"] for r in a] == [r["trained_tokens"] for r in b]
+    assert len({r["trained_tokens"] for r in a}) > 1  # the micro-batches differ in trained tokens
+    torch.testing.assert_close([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5, atol=1e-6)
+    wa, wb = (_weights(o / "final") for o in outs)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_after_kill_9_reproduces_the_uninterrupted_run(run_train: RunTrain, base_config: dict[str, Any]) -> None:
+    cfg = dict(base_config)
+    cfg["optim"] = cfg["optim"] | {"max_steps": 9, "lr": 3e-3}
+    cfg["output"] = cfg["output"] | {"save_steps": 3}
+    run_train(cfg)
+    straight = read_metrics(Path(cfg["output_dir"]))
+
+    cfg["output_dir"] = f"{base_config['output_dir']}-killed"
+    out = Path(cfg["output_dir"])
+    killed = run_train(cfg, env={KILL_AT_STEP_ENV: "5"}, check=False)
+    assert killed.returncode == -9
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-3"
+    assert not (out / "final").exists()
+
+    resumed = run_train(cfg)
+    assert "resumed at 3" in resumed.stdout
+    again = read_metrics(out)
+    assert [r["step"] for r in again] == list(range(1, 10))
+    torch.testing.assert_close([r["loss"] for r in again], [r["loss"] for r in straight], rtol=1e-6, atol=1e-7)
+    wa, wb = _weights(Path(base_config["output_dir"]) / "final"), _weights(out / "final")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name])
+
+
+def test_lora_trains_and_merges(run_train: RunTrain, base_config: dict[str, Any], tiny_model_dir: Path) -> None:
+    cfg = dict(base_config)
+    cfg["lora"] = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}
+    cfg["optim"] = cfg["optim"] | {"lr": 3e-2, "epochs": 4}
+    run_train(cfg)
+    out = Path(cfg["output_dir"])
+    _assert_loss_falls(read_metrics(out))
+    assert (out / "adapter" / "adapter_config.json").exists()
+    merged, base = _weights(out / "final"), _weights(tiny_model_dir)
+    assert merged.keys() == base.keys()  # a plain model: no lora_ keys left
+    changed = {n for n in base if not torch.equal(merged[n], base[n])}
+    assert changed and all(n.split(".")[-2] in ("q_proj", "v_proj", "up_proj") for n in changed)
+    _assert_serves_alpaca(out / "final")
+
+    target = out / "merged-by-cli"
+    huarizo = str(Path(sys.executable).parent / "huarizo")
+    proc = subprocess.run(
+        [huarizo, "train", "merge-lora", "--base", str(tiny_model_dir), "--adapter", str(out / "adapter"),
+         "--target", str(target)],
+        env=train_env(), capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    by_cli = _weights(target)
+    for name in merged:
+        torch.testing.assert_close(by_cli[name], merged[name])
+
+
+def test_tiny_cpu_recipe_contract(shared_data: Path, tmp_path: Path) -> None:
+    """`huarizo train configs/train/tiny-cpu.yaml --set data.files=[PATH] --set output_dir=DIR` (ZeRO-2, CPU)."""
+    data = shared_data / "alpaca_format_samples" / "llamafactory_alpaca_en_demo.json"
+    out = tmp_path / "run"
+    huarizo = str(Path(sys.executable).parent / "huarizo")
+    proc = subprocess.run(
+        [huarizo, "train", str(REPO / "configs/train/tiny-cpu.yaml"), "--set", f"data.files=[{data}]",
+         "--set", f"output_dir={out}", "--set", "optim.max_steps=30", "--set", "output.progress=false"],
+        env=train_env(HUARIZO_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 31)) and all(isinstance(r["loss"], float) for r in rows)
+    assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "llama"
+    assert (out / "ds_config.json").read_text().count('"stage": 2') == 1
