@@ -1,0 +1,110 @@
+"""Config errors, `--dry-run` on the shipped recipes, the DeepSpeed memory accounting, and apply-delta."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from huarizo.formats import ConfigError
+from huarizo.trainer import TrainConfig, apply_delta, dry_run
+from huarizo.trainer.dryrun import model_states_bytes
+
+from .conftest import REPO, TINY_CPU, train_env
+
+HUARIZO = str(Path(sys.executable).parent / "huarizo")
+
+
+def _huarizo(*args: str) -> subprocess.CompletedProcess[str]:
+    env = train_env(HF_HUB_OFFLINE="1")
+    return subprocess.run([HUARIZO, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("optim.lrr=1e-4", "optim.lrr"), ("deepspeed.stage=5", "deepspeed.stage"), ("batching.mode=zigzag", "batching.mode")],
+)
+def test_bad_config_names_the_key(override: str, key: str) -> None:
+    proc = _huarizo("train", str(TINY_CPU), "--set", override)
+    assert proc.returncode == 1
+    assert key in proc.stderr and "--set" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_config_file_names_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  ref: tiny\n  dtpye: bfloat16\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*model\.dtpye"):
+        TrainConfig.load(bad)
+    with pytest.raises(ConfigError, match="pack_length"):
+        TrainConfig.load(None, ["data.max_length=512", "batching.pack_length=256"])
+    with pytest.raises(ConfigError, match="offload_params needs stage 3"):
+        TrainConfig.load(None, ["deepspeed.offload_params=true"])
+
+
+def test_missing_data_file_is_named(tmp_path: Path) -> None:
+    proc = _huarizo("train", str(TINY_CPU), "--set", f"data.files=[{tmp_path / 'nope.json'}]",
+                    "--set", f"output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 1 and "nope.json: no such file" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("recipe", "billions"), [("alpaca-7b", 6.74), ("vicuna-7b", 6.74), ("alpaca-lora", 6.76), ("tiny-cpu", 0.0)]
+)
+def test_recipes_pass_dry_run_offline(recipe: str, billions: float) -> None:
+    report = dry_run(TrainConfig.load(REPO / "configs" / "train" / f"{recipe}.yaml"))
+    assert round(report.params / 1e9, 2) == billions
+    if recipe == "alpaca-lora":
+        assert report.trainable == 16 * 4096 * 2 * 4 * 32  # r x (in + out) x 4 projections x 32 layers
+    if recipe == "alpaca-7b":  # ZeRO-3 on 4 GPUs: 18 bytes per parameter / 4 + 4 bytes of the largest layer
+        assert report.gpu_bytes == int(4 * report.largest_layer + 18 * report.params / 4)
+
+
+def test_dry_run_cli_prints_size_and_memory() -> None:
+    proc = _huarizo("train", "--dry-run", str(REPO / "configs/train/alpaca-7b.yaml"), "--set", "deepspeed.stage=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "6,738,415,616" in proc.stdout and "ZeRO stage : 2 on 4 GPU(s)" in proc.stdout
+
+
+def test_unknown_hub_model_dry_run_asks_for_an_architecture() -> None:
+    with pytest.raises(Exception, match="model.architecture"):
+        dry_run(TrainConfig.load(None, ["model.ref=someone/unknown-model"]))
+
+
+def test_memory_accounting_matches_deepspeed_estimators() -> None:
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    p, layer = 6_738_415_616, 131_072_000
+    kw = {"weight_bytes": 2, "offload_params": False}
+    for gpus in (1, 4, 8):
+        _, ds2 = estimate_zero2_model_states_mem_needs(p, gpus, 1, cpu_offload=False)
+        assert model_states_bytes(p, p, layer, 2, gpus, offload_opt=False, **kw)[0] == ds2
+        _, ds2o = estimate_zero2_model_states_mem_needs(p, gpus, 1, cpu_offload=True)
+        assert model_states_bytes(p, p, layer, 2, gpus, offload_opt=True, **kw)[0] == ds2o
+        ds3 = estimate_zero3_model_states_mem_needs(p, layer, gpus, 1, cpu_offload=False, cpu_offload_params=False)[1]
+        assert model_states_bytes(p, p, layer, 3, gpus, offload_opt=False, **kw)[0] == ds3
+
+
+def test_apply_delta_restores_the_tuned_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    tuned = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    delta = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for (_, t), (_, b), (_, d) in zip(
+            tuned.named_parameters(), base.named_parameters(), delta.named_parameters(), strict=True
+        ):
+            t.add_(torch.randn_like(t) * 0.1)
+            d.copy_(t - b)
+    delta.save_pretrained(tmp_path / "delta")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "delta")
+    out = apply_delta(str(tiny_model_dir), str(tmp_path / "delta"), tmp_path / "target")
+    got = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for name, t in tuned.state_dict().items():
+        torch.testing.assert_close(got[name], t, rtol=1e-5, atol=1e-6)
