@@ -368,7 +368,8 @@ def make_plots(out: Path, s: dict[str, Any]) -> list[str]:
         ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2, cats, rotation=30, ha="right")
         ax.set_ylim(0, 10)
         ax.set_ylabel("mean score")
-        ax.legend(fontsize=8)
+        if models:
+            ax.legend(fontsize=8)
         ax.set_title("Mean single score by category")
         save(fig, "score_by_category.png")
     return names

@@ -1,0 +1,77 @@
+"""`huarizo judge answer`: concurrent, cached, turn by turn, and resumable after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from huarizo.formats.testing import ScriptedServer
+from huarizo.judge import AnswerConfig, answer, load_answers, load_questions
+
+
+def echo(req: dict[str, Any]) -> str:
+    """An assistant that says which turn it answers and how many replies of its own it has seen."""
+    msgs = req["messages"]
+    mine = sum(m["role"] == "assistant" for m in msgs)
+    return f"answer {mine + 1} to: {msgs[-1]['content'][:30]}"
+
+
+def test_multi_turn_answered_turn_by_turn_and_cached(tmp_path, shared_data) -> None:  # type: ignore[no-untyped-def]
+    qs_path = shared_data / "fastchat/mt_bench/question.jsonl"
+    out = tmp_path / "answers.jsonl"
+    with ScriptedServer(echo) as server:
+        cfg = AnswerConfig(model="openai/tiny", api_base=server.url, api_key="x", questions=str(qs_path), out=str(out),
+                           cache_dir=str(tmp_path / "cache"), limit=10, model_id="tiny")  # fmt: skip
+        usage = answer(cfg, progress=False)
+        assert usage.requests == 20 and len(server.requests) == 20
+        second = [r for r in server.requests if len(r["messages"]) == 3]
+        assert len(second) == 10 and all(r["messages"][1]["content"].startswith("answer 1 to") for r in second)
+    qs = load_questions(qs_path)
+    got = load_answers(out, qs)["tiny"]
+    assert len(got) == 10 and got["81"].turns[1].startswith("answer 2 to: Rewrite your previous")
+    # a fresh output from the same requests costs nothing: the cache answers
+    with ScriptedServer(echo) as server:
+        cfg2 = cfg.model_copy(update={"out": str(tmp_path / "again.jsonl"), "api_base": server.url})
+        usage = answer(cfg2, progress=False)
+        assert server.requests == [] and usage.cached == 20
+    assert (tmp_path / "again.jsonl").read_text().count("\n") == 10
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "answers.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HUARIZO_CACHE": str(tmp_path / "hc")}
+    cmd = [sys.executable, "-c", "from huarizo.formats.cli import main; raise SystemExit(main())", "judge", "answer", "--model", "openai/tiny", "--api-key", "x",
+           "--questions", str(vicuna["questions"]), "--out", str(out), "--concurrency", "4"]  # fmt: skip
+    with ScriptedServer(echo, latency=0.05) as server:
+        proc = subprocess.Popen([*cmd, "--api-base", server.url], env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline and (
+            not out.exists() or out.read_text().count("\n") < 10
+        ):
+            time.sleep(0.02)  # polling the output, not synchronising: we kill as soon as enough is written
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = out.read_text().count("\n")
+        assert 10 <= before < 80, before
+        with open(out, "a") as fh:  # a line cut off mid-write, as a crash can leave it
+            fh.write('{"question_id": 77, "answer_id": "to')
+        rc = subprocess.run([*cmd, "--api-base", server.url], env=env, stderr=subprocess.PIPE, text=True)
+        assert rc.returncode == 0, rc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = [r["question_id"] for r in rows]
+    assert sorted(ids, key=int) == [str(i) for i in range(1, 81)]  # every question once: none lost, none twice
+    assert all(r["choices"][0]["turns"][0].startswith("answer 1 to") for r in rows)
+
+
+def test_unknown_layout_is_a_clear_cli_error(tmp_path: Path) -> None:
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"prompt": "hello"}\n')
+    from huarizo.formats.cli import main
+
+    assert main(["judge", "answer", "--model", "openai/x", "--questions", str(bad), "--out", str(tmp_path / "a.jsonl")]) == 1
