@@ -30,6 +30,11 @@ def chat_loop(
     out: TextIO = sys.stdout,
 ) -> list[Message]:
     """Run the chat until EOF or Ctrl-C at the prompt; returns the messages of the last conversation."""
+    if read is input:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:  # pragma: no cover
+            pass
     messages: list[Message] = [Message(role="system", content=system)] if system else []
     start = list(messages)
     print(f"huarizo chat: {served.name} (template {served.template.name}). {HELP}", file=out, flush=True)

@@ -140,6 +140,8 @@ def serve(cfg: ServeConfig, *, announce: Callable[[str], None] = print) -> int:
 
     try:
         asyncio.run(main())
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: a normal end of serving
+        pass
     finally:
         sock.close()
         served.close()

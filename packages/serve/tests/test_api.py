@@ -1,0 +1,237 @@
+"""The OpenAI-compatible API, driven by the official openai client, litellm and raw HTTP against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from huarizo.serve import RunningServer
+
+MSG = [{"role": "user", "content": "Give three tips for staying healthy."}]
+
+
+def _client(server: RunningServer, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+
+
+def _wait_idle(server: RunningServer, deadline: float = 20.0) -> None:
+    stats, end = server.served.engine.stats, time.monotonic() + deadline
+    while stats.running or stats.waiting:
+        assert time.monotonic() < end, "the engine did not free its slots"
+        time.sleep(0.02)
+
+
+def test_models_and_health(server: RunningServer) -> None:
+    models = _client(server).models.list()
+    assert [m.id for m in models.data] == ["tiny-test"]
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_chat_sync_client(server: RunningServer) -> None:
+    r = _client(server).chat.completions.create(model="tiny-test", messages=MSG, max_tokens=7, temperature=0)
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert r.usage and r.usage.completion_tokens == 7 and r.usage.prompt_tokens > 10
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 7
+
+
+def test_completion_with_n_and_seed(server: RunningServer) -> None:
+    c = _client(server)
+    r = c.completions.create(model="tiny-test", prompt="Once upon a time", max_tokens=6, n=3, temperature=1.0, seed=5)
+    again = c.completions.create(model="tiny-test", prompt="Once upon a time", max_tokens=6, n=3, temperature=1, seed=5)
+    assert len(r.choices) == 3 and [ch.index for ch in r.choices] == [0, 1, 2]
+    assert [ch.text for ch in r.choices] == [ch.text for ch in again.choices]
+    assert r.usage and r.usage.completion_tokens == 18
+
+
+def test_chat_streaming_matches_non_streaming(server: RunningServer) -> None:
+    c = _client(server)
+    full = c.chat.completions.create(model="tiny-test", messages=MSG, max_tokens=12, temperature=0)
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny-test",
+            messages=MSG,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+    assert chunks[-1].usage and chunks[-1].usage.completion_tokens == 12
+
+
+def test_completion_streaming_sse_ends_with_done(server: RunningServer) -> None:
+    body = {"model": "tiny-test", "prompt": "Hello", "max_tokens": 5, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/completions", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(ln[6:]) for ln in lines[:-1]]
+    assert all(e["object"] == "text_completion" for e in events)
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_async_client(server: RunningServer) -> None:
+    async def main() -> list[str]:
+        c = openai.AsyncOpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+        rs = await asyncio.gather(
+            *[
+                c.chat.completions.create(
+                    model="tiny-test", messages=[{"role": "user", "content": f"Count to {k}"}], max_tokens=8, temperature=0
+                )
+                for k in range(4)
+            ]
+        )
+        await c.close()
+        return [r.choices[0].message.content or "" for r in rs]
+
+    texts = asyncio.run(main())
+    assert len(texts) == 4 and all(texts)
+
+
+def test_litellm(server: RunningServer) -> None:
+    import litellm
+
+    r = litellm.completion(
+        model="openai/tiny-test",
+        api_base=server.base_url,
+        api_key="none",
+        messages=MSG,
+        max_tokens=6,
+        temperature=0,
+    )
+    assert r.choices[0].message.content
+    assert r.usage.completion_tokens == 6
+
+
+def test_sixteen_concurrent_clients_get_their_own_complete_answers(server: RunningServer) -> None:
+    c = _client(server)
+    prompts = [f"Task {k}: write {'a short' if k % 2 else 'a long'} note about topic {k * 7}." for k in range(16)]
+    max_tokens = [10 + k for k in range(16)]
+    alone = [
+        c.chat.completions.create(
+            model="tiny-test", messages=[{"role": "user", "content": p}], max_tokens=m, temperature=0
+        )
+        for p, m in zip(prompts, max_tokens, strict=True)
+    ]
+    engine = server.served.engine
+    steps = engine.stats.steps
+    results: list[openai.types.chat.ChatCompletion | None] = [None] * 16
+    go = threading.Barrier(16)
+
+    def run(k: int) -> None:
+        client = _client(server)
+        go.wait()
+        results[k] = client.chat.completions.create(
+            model="tiny-test", messages=[{"role": "user", "content": prompts[k]}], max_tokens=max_tokens[k], temperature=0
+        )
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, (got, want) in enumerate(zip(results, alone, strict=True)):
+        assert got is not None, f"client {k} got no answer"
+        assert got.choices[0].message.content == want.choices[0].message.content, f"client {k}"
+        assert got.usage and want.usage and got.usage.completion_tokens == want.usage.completion_tokens
+    new_steps = engine.stats.steps - steps
+    assert max(engine.stats.batch_sizes[-new_steps:]) >= 8, "concurrent requests were not batched together"
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"model": "m"}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, "context"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, "top_p"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "role"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "user turn"),
+    ],
+)
+def test_invalid_chat_requests_get_400(server: RunningServer, body: dict, where: str) -> None:
+    r = httpx.post(f"{server.base_url}/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and where in err["message"]
+
+
+def test_invalid_bodies_get_400(server: RunningServer) -> None:
+    url = f"{server.base_url}/chat/completions"
+    assert httpx.post(url, content=b"{not json").status_code == 400
+    assert httpx.post(url, content=b"[1, 2]").status_code == 400
+    big = {"messages": [{"role": "user", "content": "x" * 2_000_000}]}
+    r = httpx.post(url, json=big)
+    assert r.status_code == 400 and "limit" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.base_url}/completions", json={"prompt": "hi", "echo": True})
+    assert r.status_code == 400
+    with pytest.raises(openai.BadRequestError):
+        _client(server).completions.create(model="tiny-test", prompt="", max_tokens=3)
+
+
+def test_api_key_required(keyed_server: RunningServer) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        _client(keyed_server, "wrong").models.list()
+    r = httpx.post(f"{keyed_server.base_url}/chat/completions", json={"messages": MSG})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    for key in ("k1", "k2"):
+        out = _client(keyed_server, key).chat.completions.create(model="x", messages=MSG, max_tokens=3)
+        assert out.usage and out.usage.completion_tokens == 3
+    assert httpx.get(f"{keyed_server.url}/health").status_code == 200
+
+
+def test_stream_disconnect_frees_the_slot(server: RunningServer) -> None:
+    engine = server.served.engine
+    _wait_idle(server)
+    before = engine.stats.completion_tokens
+    body = {"prompt": "never ending", "max_tokens": 900, "temperature": 0, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{server.base_url}/completions", json=body) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+    _wait_idle(server)
+    assert engine.stats.completion_tokens - before < 900, "the sequence ran to the end after its client left"
+    again = _client(server).completions.create(model="tiny-test", prompt="still there?", max_tokens=4)
+    assert again.usage and again.usage.completion_tokens == 4
+
+
+def test_non_streaming_disconnect_frees_the_slot(server: RunningServer) -> None:
+    engine = server.served.engine
+    _wait_idle(server)
+    before = engine.stats.completion_tokens
+    body = {"prompt": "never ending", "max_tokens": 900, "temperature": 0, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}/completions", json=body, timeout=httpx.Timeout(5.0, read=0.3))
+    _wait_idle(server)
+    assert engine.stats.completion_tokens - before < 900
+
+
+def test_request_stop_strings(server: RunningServer) -> None:
+    c = _client(server)
+    kw = {"model": "tiny-test", "max_tokens": 24, "temperature": 1.0, "seed": 11}
+    text = c.completions.create(prompt="Explain the difference between weather and climate.", **kw).choices[0].text
+    stop, at = next((text[i : i + 2], i) for i in range(1, len(text) - 2) if text.find(text[i : i + 2]) == i)
+    r = c.completions.create(prompt="Explain the difference between weather and climate.", stop=[stop, "zzzz"], **kw)
+    assert (r.choices[0].text, r.choices[0].finish_reason) == (text[:at], "stop")
+
+
+def test_metrics(server: RunningServer) -> None:
+    _client(server).chat.completions.create(model="tiny-test", messages=MSG, max_tokens=2)
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'huarizo_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
+    assert "huarizo_completion_tokens_total" in text and "huarizo_queue_depth" in text
+    assert "huarizo_request_latency_seconds_bucket" in text

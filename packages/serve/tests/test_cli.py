@@ -1,0 +1,162 @@
+"""`huarizo serve` and `huarizo chat` as a user runs them: real processes, a real terminal (pty) for the chat."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+HUARIZO = [sys.executable, "-c", "from huarizo.formats.cli import main; raise SystemExit(main())"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TERM": "dumb", "NO_COLOR": "1"}
+
+
+def test_serve_command_answers_and_stops_on_ctrl_c(tiny_model_dir: Path) -> None:
+    cmd = [*HUARIZO, "serve", "--model", str(tiny_model_dir), "--port", "0", "--model-name", "cli-tiny"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        assert proc.stdout is not None
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "huarizo serve exited before serving"
+            m = re.search(r"on (http://127\.0\.0\.1:\d+/v1)", line)
+            url = m.group(1) if m else None
+        assert url, "no 'serving ... on URL' line"
+        r = httpx.post(f"{url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["model"] == "cli-tiny"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_reports_a_bad_model_without_traceback(tmp_path: Path) -> None:
+    out = subprocess.run([*HUARIZO, "serve", "--model", str(tmp_path)], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 1
+    assert "without config.json" in out.stderr and "Traceback" not in out.stderr
+
+
+class Terminal:
+    """A child process on a pseudo-terminal: write keys, read the screen until some text shows up."""
+
+    def __init__(self, cmd: list[str], cwd: Path) -> None:
+        self.master, slave = os.openpty()
+
+        def controlling_tty() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=cwd,
+            env=ENV,
+            start_new_session=True,
+            preexec_fn=controlling_tty,
+        )
+        os.close(slave)
+        self.screen = ""
+        self.pos = 0  # where the last match ended: each expect reads on from there
+
+    def expect(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.compile(pattern).search(self.screen, self.pos)
+            if m:
+                self.pos = m.end()
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {pattern!r}; screen:\n{self.screen[-2000:]}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    data = os.read(self.master, 4096)
+                except OSError:  # the child closed the terminal
+                    data = b""
+                if not data:
+                    raise AssertionError(f"process ended before {pattern!r}; screen:\n{self.screen[-2000:]}")
+                self.screen += data.decode(errors="replace").replace("\r\n", "\n")
+
+    def wait_reading(self, timeout: float = 30.0) -> None:
+        """Wait until the child blocks reading the terminal (a Ctrl-C sent before that is only seen after the read)."""
+        waits = {"0", "7", "23", "270", "271"}  # read, poll, select, pselect6, ppoll (x86-64)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{self.proc.pid}/syscall").read_text().split()[0] not in waits:
+            assert time.monotonic() < deadline, "the chat never waited for input"
+            select.select([], [], [], 0.01)
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.fixture
+def chat(tiny_model_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    term = Terminal(
+        [*HUARIZO, "chat", "--model", str(tiny_model_dir), "--max-tokens", "8", "--temperature", "0"], tmp_path
+    )
+    yield term
+    term.close()
+
+
+def _answer(term: Terminal, question: str) -> str:
+    term.send(question + "\n")
+    return term.expect(r"assistant> (.*)\n")[1]
+
+
+def test_chat_multi_turn_reset_save_and_ctrl_d(chat: Terminal, tmp_path: Path) -> None:
+    chat.expect("user> ")
+    first = _answer(chat, "Hello, who are you?")
+    chat.expect("user> ")
+    second = _answer(chat, "Tell me more.")
+    chat.expect("user> ")
+    chat.send("/save both.json\n")
+    chat.expect("saved 4 messages")
+    chat.send("/reset\n")
+    chat.expect(r"\(conversation reset\)")
+    chat.expect("user> ")
+    _answer(chat, "A new start.")
+    chat.expect("user> ")
+    chat.send("/save one.jsonl\n")
+    chat.expect("saved 2 messages")
+    chat.expect("user> ")
+    chat.send("\x04")  # Ctrl-D
+    chat.expect("bye")
+    assert chat.proc.wait(timeout=30) == 0
+
+    saved = json.loads((tmp_path / "both.json").read_text())
+    turns = saved[0]["conversations"]
+    assert [t["from"] for t in turns] == ["human", "gpt", "human", "gpt"]
+    assert [turns[0]["value"], turns[2]["value"]] == ["Hello, who are you?", "Tell me more."]
+    assert [turns[1]["value"], turns[3]["value"]] == [first.strip("\r"), second.strip("\r")]
+    one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert [t["value"] for t in one[0]["conversations"]][0] == "A new start."
+
+
+def test_chat_ctrl_c_exits_cleanly(chat: Terminal) -> None:
+    chat.expect("user> ")
+    chat.wait_reading()
+    chat.send("\x03")  # Ctrl-C
+    chat.expect("bye")
+    assert chat.proc.wait(timeout=30) == 0

@@ -1,0 +1,173 @@
+"""The batching engine and its stop logic, on the tiny model and its real tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from huarizo.formats.models import load_causal_lm
+from huarizo.formats.schemas import Conversation, Message
+from huarizo.formats.templates import get_template
+from huarizo.serve import Delta, Engine, EngineError, Finished, SamplingParams, ServedModel
+from huarizo.serve.engine import TextTracker, find_stop, stop_holdback
+
+GREEDY = SamplingParams(max_tokens=24, temperature=0)
+PROMPTS = [
+    "Write a poem",
+    "Hello there, how are you",
+    "x",
+    "The quick brown fox jumps over the lazy dog. Explain the difference between weather and climate.",
+    "Sort the numbers from smallest to largest: 3, 1, 2.",
+    "def add(a, b): return a + b",
+    "Generate a list of ideas for a birthday party.",
+    "Rewrite the text in a formal tone.",
+]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir: Path) -> tuple[Any, Any]:
+    return load_causal_lm(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(lm: tuple[Any, Any]) -> Iterator[Engine]:
+    eng = Engine(*lm, max_batch_size=8)
+    yield eng
+    eng.close()
+
+
+def test_stop_helpers() -> None:
+    assert stop_holdback("the end ###", ["### Instruction:"]) == 3
+    assert stop_holdback("the end #", ["### Instruction:", "#x"]) == 1
+    assert stop_holdback("the end", ["### Instruction:"]) == 0
+    assert find_stop("ab USER: cd ### x", ["###", "USER:"]) == 3
+    assert find_stop("abc", ["x"]) == -1
+
+
+def test_tracker_cuts_at_a_stop_string_spread_over_tokens(tiny_tokenizer: Any) -> None:
+    text = "Sort the numbers. ### Instruction: more text"
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > 6  # the stop string spans several tokens of the real tokenizer
+    tracker = TextTracker(tiny_tokenizer, tiny_tokenizer.encode("prompt"), ["### Instruction:"])
+    sent = []
+    for token in ids:
+        sent.append(tracker.add(token))
+        assert "#" not in "".join(sent), "a possible stop-string prefix was sent before it was decided"
+        if tracker.stopped:
+            break
+    assert tracker.stopped
+    assert "".join(sent) + tracker.flush() == "Sort the numbers. "
+
+
+def test_tracker_never_sends_half_a_character(tiny_tokenizer: Any) -> None:
+    text = "héllo wörld 😀 ok"
+    tracker = TextTracker(tiny_tokenizer, tiny_tokenizer.encode("say"), [])
+    parts = [tracker.add(t) for t in tiny_tokenizer.encode(text, add_special_tokens=False)]
+    assert all("\ufffd" not in p for p in parts)
+    assert "".join(parts) + tracker.flush() == text
+
+
+def test_concurrent_greedy_equals_single_requests(engine: Engine, tiny_tokenizer: Any) -> None:
+    ids = [tiny_tokenizer.encode(p) for p in PROMPTS]
+    alone = [engine.generate(i, GREEDY) for i in ids]
+    results: list[Finished | None] = [None] * len(ids)
+    go = threading.Barrier(len(ids))
+
+    def run(k: int) -> None:
+        go.wait()
+        results[k] = engine.generate(ids[k], GREEDY)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(ids))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.text for r in results if r] == [a.text for a in alone]
+    assert all(r and r.completion_tokens == a.completion_tokens for r, a in zip(results, alone, strict=True))
+    assert max(engine.stats.batch_sizes) > 1, "concurrent requests were not batched"
+
+
+def test_requests_join_a_running_batch(engine: Engine, tiny_tokenizer: Any) -> None:
+    """A request arriving mid-generation joins the running batch (continuous batching) and still decodes exactly."""
+    short, long_ = tiny_tokenizer.encode(PROMPTS[4]), tiny_tokenizer.encode(PROMPTS[3])
+    expected = engine.generate(short, GREEDY).text
+    long_params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    stream = engine.stream(long_, long_params)
+    first = next(ev for ev in stream if isinstance(ev, Delta))
+    assert first.text
+    steps_before = engine.stats.steps
+    joined = engine.generate(short, GREEDY)  # submitted while the long sequence is decoding
+    assert joined.text == expected
+    rest = [ev for ev in stream if isinstance(ev, Finished)]
+    assert rest and rest[0].completion_tokens == 200
+    window = engine.stats.batch_sizes[-(engine.stats.steps - steps_before) :]
+    assert 2 in window, "the second request was not decoded in the same batch as the first"
+
+
+def test_cancel_frees_the_slot(engine: Engine, tiny_tokenizer: Any) -> None:
+    params = SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)
+    stream = engine.stream(tiny_tokenizer.encode("cancel me"), params)
+    assert isinstance(next(stream), Delta)
+    stream.close()  # cancels
+    done = engine.generate(tiny_tokenizer.encode("next"), GREEDY)  # the engine keeps serving
+    assert done.reason in ("stop", "length")
+
+
+def test_sampling_is_reproducible_with_a_seed(engine: Engine, tiny_tokenizer: Any) -> None:
+    ids = tiny_tokenizer.encode(PROMPTS[0])
+    p = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=123)
+    a, b = engine.generate(ids, p), engine.generate(ids, p)
+    assert a.text == b.text and a.completion_tokens == 16
+    others = {engine.generate(ids, dataclasses.replace(p, seed=s)).text for s in range(4)}
+    assert len(others) > 1
+
+
+def test_prompt_beyond_the_context_is_refused(engine: Engine) -> None:
+    with pytest.raises(EngineError, match="context"):
+        engine.submit([5] * 1000, SamplingParams(max_tokens=100), lambda ev: None)
+
+
+def test_stop_token_id_ends_a_sequence(engine: Engine, tiny_tokenizer: Any) -> None:
+    ids = tiny_tokenizer.encode(PROMPTS[0])
+    first = tiny_tokenizer.encode(engine.generate(ids, GREEDY).text, add_special_tokens=False)[0]
+    out = engine.generate(ids, dataclasses.replace(GREEDY, stop_token_ids=(first,)))
+    assert (out.reason, out.text, out.completion_tokens) == ("stop", "", 1)
+
+
+def _stop_inside(text: str) -> tuple[str, int] | None:
+    """A two-character stop string first found at index i > 0 of `text`."""
+    for i in range(1, len(text) - 2):
+        if text.find(text[i : i + 2]) == i and text[i : i + 2].strip():
+            return text[i : i + 2], i
+    return None
+
+
+def test_template_stop_strings_end_chat_answers(lm: tuple[Any, Any]) -> None:
+    """The stop strings come from the template: a template whose turn end appears in the answer cuts it there.
+
+    (A seeded sample: the tiny random model's greedy answers repeat one token.)
+    """
+    model, tokenizer = lm
+    engine = Engine(model, tokenizer, max_batch_size=2)
+    try:
+        base = get_template("vicuna_v1.1")
+        found = None
+        for prompt in PROMPTS:
+            served = ServedModel(engine, tokenizer, base, "t")
+            ids = served.chat_prompt(Conversation(messages=[Message(role="user", content=prompt)]))
+            text = engine.generate(ids, served.params(chat=True, max_tokens=24, temperature=1.0, seed=7)).text
+            found = _stop_inside(text)
+            if found:
+                break
+        assert found, "no greedy answer with a usable stop string"
+        stop, at = found
+        served = ServedModel(engine, tokenizer, dataclasses.replace(base, extra_stop=(stop,)), "t")
+        out = engine.generate(ids, served.params(chat=True, max_tokens=24, temperature=1.0, seed=7))
+        assert (out.reason, out.text) == ("stop", text[:at])
+    finally:
+        engine.close()
