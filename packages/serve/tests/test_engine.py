@@ -92,6 +92,19 @@ def test_concurrent_greedy_equals_single_requests(engine: Engine, tiny_tokenizer
     assert max(engine.stats.batch_sizes) > 1, "concurrent requests were not batched"
 
 
+def test_greedy_equals_transformers_generate(engine: Engine, lm: tuple[Any, Any]) -> None:
+    import torch
+
+    model, tok = lm
+    for prompt in PROMPTS[:3]:
+        ids = tok.encode(prompt)
+        want = model.generate(
+            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=16, do_sample=False
+        )
+        got = engine.generate(ids, SamplingParams(max_tokens=16, temperature=0))
+        assert got.text == tok.decode(want[0][len(ids) :], skip_special_tokens=True)
+
+
 def test_requests_join_a_running_batch(engine: Engine, tiny_tokenizer: Any) -> None:
     """A request arriving mid-generation joins the running batch (continuous batching) and still decodes exactly."""
     short, long_ = tiny_tokenizer.encode(PROMPTS[4]), tiny_tokenizer.encode(PROMPTS[3])

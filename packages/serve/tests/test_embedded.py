@@ -1,0 +1,52 @@
+"""End to end on the embedded default model (Gemma 3 270M base): slow, run with `-m slow`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from huarizo.serve import RunningServer, ServeConfig, start_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def embedded() -> Iterator[RunningServer]:
+    with start_server(ServeConfig(model="embedded", port=0, dtype="bfloat16")) as server:
+        yield server
+
+
+def test_embedded_model_answers_openai_and_litellm(embedded: RunningServer) -> None:
+    import litellm
+
+    assert embedded.model_name == "embedded"
+    assert embedded.served.template.name == "alpaca"  # the base model has no chat template of its own
+    client = openai.OpenAI(base_url=embedded.base_url, api_key="none", max_retries=0)
+    q = [{"role": "user", "content": "Name the largest planet of the solar system."}]
+    r = client.chat.completions.create(model="embedded", messages=q, max_tokens=48, temperature=0)
+    text = r.choices[0].message.content or ""
+    assert text.strip() and "### Instruction:" not in text and "<eos>" not in text
+    assert r.choices[0].finish_reason in ("stop", "length")
+    streamed = client.chat.completions.create(model="embedded", messages=q, max_tokens=48, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+    out = litellm.completion(
+        model="openai/embedded", api_base=embedded.base_url, api_key="none", messages=q, max_tokens=16, temperature=0
+    )
+    assert out.choices[0].message.content.strip()
+    done = client.completions.create(model="embedded", prompt="The capital of France is", max_tokens=16, temperature=0)
+    assert "France" in done.choices[0].text
+
+
+def test_embedded_engine_matches_transformers_generate(embedded: RunningServer) -> None:
+    import torch
+
+    served = embedded.served
+    model, tok = served.engine.model, served.tokenizer
+    ids = tok.encode("Three facts about the Moon:")
+    want = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=24, do_sample=False)
+    want_text = tok.decode(want[0][len(ids) :], skip_special_tokens=True)
+    client = openai.OpenAI(base_url=embedded.base_url, api_key="none", max_retries=0)
+    got = client.completions.create(model="embedded", prompt="Three facts about the Moon:", max_tokens=24, temperature=0)
+    assert got.choices[0].text == want_text
