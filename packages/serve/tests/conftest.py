@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
-from huarizo.serve import RunningServer, ServeConfig, start_server  # noqa: E402
+from huarizo.serve import RunningServer, ServeConfig, start_server
 
 
 @pytest.fixture(scope="session")

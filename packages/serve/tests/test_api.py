@@ -88,7 +88,10 @@ def test_async_client(server: RunningServer) -> None:
         rs = await asyncio.gather(
             *[
                 c.chat.completions.create(
-                    model="tiny-test", messages=[{"role": "user", "content": f"Count to {k}"}], max_tokens=8, temperature=0
+                    model="tiny-test",
+                    messages=[{"role": "user", "content": f"Count to {k}"}],
+                    max_tokens=8,
+                    temperature=0,
                 )
                 for k in range(4)
             ]
@@ -134,7 +137,10 @@ def test_sixteen_concurrent_clients_get_their_own_complete_answers(server: Runni
         client = _client(server)
         go.wait()
         results[k] = client.chat.completions.create(
-            model="tiny-test", messages=[{"role": "user", "content": prompts[k]}], max_tokens=max_tokens[k], temperature=0
+            model="tiny-test",
+            messages=[{"role": "user", "content": prompts[k]}],
+            max_tokens=max_tokens[k],
+            temperature=0,
         )
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(16)]

@@ -34,7 +34,9 @@ def test_serve_command_answers_and_stops_on_ctrl_c(tiny_model_dir: Path) -> None
             m = re.search(r"on (http://127\.0\.0\.1:\d+/v1)", line)
             url = m.group(1) if m else None
         assert url, "no 'serving ... on URL' line"
-        r = httpx.post(f"{url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        r = httpx.post(
+            f"{url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        )
         assert r.status_code == 200 and r.json()["model"] == "cli-tiny"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -151,7 +153,7 @@ def test_chat_multi_turn_reset_save_and_ctrl_d(chat: Terminal, tmp_path: Path) -
     assert [turns[0]["value"], turns[2]["value"]] == ["Hello, who are you?", "Tell me more."]
     assert [turns[1]["value"], turns[3]["value"]] == [first.strip("\r"), second.strip("\r")]
     one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
-    assert [t["value"] for t in one[0]["conversations"]][0] == "A new start."
+    assert one[0]["conversations"][0]["value"] == "A new start."
 
 
 def test_chat_ctrl_c_exits_cleanly(chat: Terminal) -> None:

@@ -45,8 +45,15 @@ def test_embedded_engine_matches_transformers_generate(embedded: RunningServer) 
     served = embedded.served
     model, tok = served.engine.model, served.tokenizer
     ids = tok.encode("Three facts about the Moon:")
-    want = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=24, do_sample=False)
+    want = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=24,
+        do_sample=False,
+    )
     want_text = tok.decode(want[0][len(ids) :], skip_special_tokens=True)
     client = openai.OpenAI(base_url=embedded.base_url, api_key="none", max_retries=0)
-    got = client.completions.create(model="embedded", prompt="Three facts about the Moon:", max_tokens=24, temperature=0)
+    got = client.completions.create(
+        model="embedded", prompt="Three facts about the Moon:", max_tokens=24, temperature=0
+    )
     assert got.choices[0].text == want_text

@@ -99,7 +99,10 @@ def test_greedy_equals_transformers_generate(engine: Engine, lm: tuple[Any, Any]
     for prompt in PROMPTS[:3]:
         ids = tok.encode(prompt)
         want = model.generate(
-            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=16, do_sample=False
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=16,
+            do_sample=False,
         )
         got = engine.generate(ids, SamplingParams(max_tokens=16, temperature=0))
         assert got.text == tok.decode(want[0][len(ids) :], skip_special_tokens=True)

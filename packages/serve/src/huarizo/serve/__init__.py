@@ -1,9 +1,9 @@
 """huarizo-serve: an OpenAI-compatible server with continuous batching, and a CLI chat, for trained models.
 
-    from huarizo.serve import ServeConfig, start_server
+Start a server from Python (tests, pipelines) and give its URL to openai or litellm::
 
     with start_server(ServeConfig(model="tiny", port=0)) as server:
-        print(server.base_url, server.model_name)  # give these to openai / litellm
+        print(server.base_url, server.model_name)
 """
 
 from huarizo.serve.config import DEFAULT_TEMPLATE, ServeConfig

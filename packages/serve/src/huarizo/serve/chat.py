@@ -6,6 +6,7 @@ Ctrl-D or Ctrl-C at the prompt quits; Ctrl-C while the model writes stops that a
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -31,10 +32,8 @@ def chat_loop(
 ) -> list[Message]:
     """Run the chat until EOF or Ctrl-C at the prompt; returns the messages of the last conversation."""
     if read is input:
-        try:
+        with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:  # pragma: no cover
-            pass
     messages: list[Message] = [Message(role="system", content=system)] if system else []
     start = list(messages)
     print(f"huarizo chat: {served.name} (template {served.template.name}). {HELP}", file=out, flush=True)

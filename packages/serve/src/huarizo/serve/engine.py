@@ -19,7 +19,7 @@ import inspect
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,7 +230,7 @@ class Engine:
         self._queue.put(seq)
         return RequestHandle(seq)
 
-    def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[Event]:
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generator[Event, None, None]:
         """Generate synchronously, yielding events as they come; closing the iterator cancels the sequence."""
         events: queue.Queue[Event] = queue.Queue()
         handle = self.submit(prompt_ids, params, events.put)

@@ -1,4 +1,4 @@
-"""Starting a server: `serve(cfg)` blocks (the CLI), `start_server(cfg)` runs one in a thread (tests, pipelines).
+"""Starting a server: `serve(cfg)` blocks (the CLI), `start_server(cfg)` runs one in a thread (tests, pipelines)::
 
 with start_server(ServeConfig(model="tiny", port=0)) as server:
     client = openai.OpenAI(base_url=server.base_url, api_key="none")
