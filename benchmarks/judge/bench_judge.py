@@ -15,9 +15,9 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
-from huarizo.formats.testing import ScriptedServer  # noqa: E402
-from huarizo.judge import GradeConfig, grade  # noqa: E402
-from huarizo.judge.testing import prefer_longer  # noqa: E402
+from huarizo.formats.testing import ScriptedServer
+from huarizo.judge import GradeConfig, grade
+from huarizo.judge.testing import prefer_longer
 
 SHARED = Path(os.environ.get("HUARIZO_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 LEGACY = SHARED / "fastchat" / "vicuna80_legacy"
@@ -29,10 +29,20 @@ RESULTS: dict[str, float] = {}
 def _run(server: ScriptedServer, tmp: Path, concurrency: int, tag: str) -> tuple[int, int]:
     """Grade once; returns (requests the judge received, comparisons graded). The server outlives the runs."""
     before = len(server.requests)
-    cfg = GradeConfig(questions=str(LEGACY / "question.jsonl"), answers=[str(LEGACY / "answer/answer_alpaca-13b.jsonl")],
-                      baseline=str(LEGACY / "answer/answer_vicuna-13b.jsonl"), judge="openai/judge",
-                      api_base=server.url, api_key="x", concurrency=concurrency, limit=QUESTIONS,
-                      cache_dir=str(tmp / f"cache-{tag}"), out=str(tmp / f"out-{tag}"), plots=False, bootstrap=100)  # fmt: skip
+    cfg = GradeConfig(
+        questions=str(LEGACY / "question.jsonl"),
+        answers=[str(LEGACY / "answer/answer_alpaca-13b.jsonl")],
+        baseline=str(LEGACY / "answer/answer_vicuna-13b.jsonl"),
+        judge="openai/judge",
+        api_base=server.url,
+        api_key="x",
+        concurrency=concurrency,
+        limit=QUESTIONS,
+        cache_dir=str(tmp / f"cache-{tag}"),
+        out=str(tmp / f"out-{tag}"),
+        plots=False,
+        bootstrap=100,
+    )
     result = grade(cfg, progress=False)
     return len(server.requests) - before, result.summary["n"]
 
@@ -57,8 +67,10 @@ def test_judgments_per_second(benchmark, server, tmp_path, concurrency: int) -> 
     requests, n = out
     assert requests == 2 * QUESTIONS and n == QUESTIONS
     RESULTS[f"c{concurrency}"] = requests / benchmark.stats.stats.min
-    print(f"\nconcurrency {concurrency:2d}: {RESULTS[f'c{concurrency}']:.1f} judge requests/s ({requests} requests, "
-          f"{LATENCY * 1000:.0f} ms latency)")  # fmt: skip
+    print(
+        f"\nconcurrency {concurrency:2d}: {RESULTS[f'c{concurrency}']:.1f} judge requests/s ({requests} requests, "
+        f"{LATENCY * 1000:.0f} ms latency)"
+    )
     if {"c1", "c16"} <= RESULTS.keys():
         print(f"concurrency 16 vs 1: {RESULTS['c16'] / RESULTS['c1']:.1f}x the judgments/s (target >= 8x)")
 

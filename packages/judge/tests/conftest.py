@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+
 
 @pytest.fixture
 def vicuna(shared_data):  # type: ignore[no-untyped-def]

@@ -26,8 +26,16 @@ def test_multi_turn_answered_turn_by_turn_and_cached(tmp_path, shared_data) -> N
     qs_path = shared_data / "fastchat/mt_bench/question.jsonl"
     out = tmp_path / "answers.jsonl"
     with ScriptedServer(echo) as server:
-        cfg = AnswerConfig(model="openai/tiny", api_base=server.url, api_key="x", questions=str(qs_path), out=str(out),
-                           cache_dir=str(tmp_path / "cache"), limit=10, model_id="tiny")  # fmt: skip
+        cfg = AnswerConfig(
+            model="openai/tiny",
+            api_base=server.url,
+            api_key="x",
+            questions=str(qs_path),
+            out=str(out),
+            cache_dir=str(tmp_path / "cache"),
+            limit=10,
+            model_id="tiny",
+        )
         usage = answer(cfg, progress=False)
         assert usage.requests == 20 and len(server.requests) == 20
         second = [r for r in server.requests if len(r["messages"]) == 3]
@@ -46,13 +54,30 @@ def test_multi_turn_answered_turn_by_turn_and_cached(tmp_path, shared_data) -> N
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "answers.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HUARIZO_CACHE": str(tmp_path / "hc")}
-    cmd = [sys.executable, "-c", "from huarizo.formats.cli import main; raise SystemExit(main())", "judge", "answer", "--model", "openai/tiny", "--api-key", "x",
-           "--questions", str(vicuna["questions"]), "--out", str(out), "--concurrency", "4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        "from huarizo.formats.cli import main; raise SystemExit(main())",
+        "judge",
+        "answer",
+        "--model",
+        "openai/tiny",
+        "--api-key",
+        "x",
+        "--questions",
+        str(vicuna["questions"]),
+        "--out",
+        str(out),
+        "--concurrency",
+        "4",
+    ]
     with ScriptedServer(echo, latency=0.05) as server:
         proc = subprocess.Popen([*cmd, "--api-base", server.url], env=env, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline and (
-            not out.exists() or out.read_text().count("\n") < 10
+        while (
+            proc.poll() is None
+            and time.monotonic() < deadline
+            and (not out.exists() or out.read_text().count("\n") < 10)
         ):
             time.sleep(0.02)  # polling the output, not synchronising: we kill as soon as enough is written
         proc.send_signal(signal.SIGKILL)
@@ -74,4 +99,7 @@ def test_unknown_layout_is_a_clear_cli_error(tmp_path: Path) -> None:
     bad.write_text('{"prompt": "hello"}\n')
     from huarizo.formats.cli import main
 
-    assert main(["judge", "answer", "--model", "openai/x", "--questions", str(bad), "--out", str(tmp_path / "a.jsonl")]) == 1
+    assert (
+        main(["judge", "answer", "--model", "openai/x", "--questions", str(bad), "--out", str(tmp_path / "a.jsonl")])
+        == 1
+    )

@@ -12,14 +12,48 @@ from huarizo.judge.testing import prefer_longer
 def test_grade_flags_write_summary_judgments_report(tmp_path, vicuna, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
     with ScriptedServer(prefer_longer) as server:
-        rc = main(["judge", "grade", "--mode", "pairwise", "--questions", str(vicuna["questions"]),
-                   "--answers", str(vicuna["answer"]("alpaca-13b")), "--baseline", str(vicuna["answer"]("vicuna-13b")),
-                   "--judge", "openai/judge", "--api-base", server.url, "--api-key", "x", "--concurrency", "4",
-                   "--cache-dir", str(tmp_path / "cache"), "--limit", "8", "--out", str(out)])  # fmt: skip
+        rc = main(
+            [
+                "judge",
+                "grade",
+                "--mode",
+                "pairwise",
+                "--questions",
+                str(vicuna["questions"]),
+                "--answers",
+                str(vicuna["answer"]("alpaca-13b")),
+                "--baseline",
+                str(vicuna["answer"]("vicuna-13b")),
+                "--judge",
+                "openai/judge",
+                "--api-base",
+                server.url,
+                "--api-key",
+                "x",
+                "--concurrency",
+                "4",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--limit",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
-    for key in ("n", "wins", "losses", "ties", "win_rate", "win_rate_ci", "inconsistent", "position_consistency",
-                "prefers_longer", "errors"):  # fmt: skip
+    for key in (
+        "n",
+        "wins",
+        "losses",
+        "ties",
+        "win_rate",
+        "win_rate_ci",
+        "inconsistent",
+        "position_consistency",
+        "prefers_longer",
+        "errors",
+    ):
         assert key in s, key
     assert s["n"] == 8 and len((out / "judgments.jsonl").read_text().splitlines()) == 8
     assert (out / "report.md").exists() and "win rate" in capsys.readouterr().out
@@ -44,6 +78,21 @@ def test_bad_config_is_an_error_without_traceback(tmp_path, capsys) -> None:  # 
     cfg.write_text("mode: pairwise\nquestions: q.jsonl\nanswers: [a.jsonl]\njudge: j\nout: o\ncolour: red\n")
     assert main(["judge", "grade", str(cfg)]) == 1
     assert "unknown key 'colour'" in capsys.readouterr().err
-    assert main(["judge", "grade", "--questions", str(tmp_path / "missing.jsonl"), "--answers", "a.jsonl",
-                 "--judge", "j", "--out", str(tmp_path / "o")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "judge",
+                "grade",
+                "--questions",
+                str(tmp_path / "missing.jsonl"),
+                "--answers",
+                "a.jsonl",
+                "--judge",
+                "j",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "missing.jsonl: no such file" in capsys.readouterr().err

@@ -21,7 +21,8 @@ from huarizo.judge import AnswerConfig, GradeConfig, answer, grade
 from huarizo.judge.testing import prefer_longer
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("huarizo.serve") is None, reason="huarizo-serve is not installed (needed for `huarizo serve`)"
+    importlib.util.find_spec("huarizo.serve") is None,
+    reason="huarizo-serve is not installed (needed for `huarizo serve`)",
 )
 
 
@@ -35,8 +36,20 @@ def _free_port() -> int:
 def served(model: Path, name: str, log: Path) -> Iterator[str]:
     """`huarizo serve` in a subprocess; yields its OpenAI base URL once it answers."""
     port = _free_port()
-    cmd = [sys.executable, "-c", "from huarizo.formats.cli import main; raise SystemExit(main())", "serve",
-           "--model", str(model), "--port", str(port), "--model-name", name, "--template", "alpaca"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        "from huarizo.formats.cli import main; raise SystemExit(main())",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--model-name",
+        name,
+        "--template",
+        "alpaca",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -68,18 +81,38 @@ def test_two_served_tiny_models_answer_and_are_judged(tmp_path, vicuna, tiny_mod
     for name, folder in (("tiny-a", tiny_model_dir), ("tiny-b", other)):
         with served(folder, name, tmp_path / f"{name}.log") as url:
             files[name] = tmp_path / f"{name}.jsonl"
-            cfg = AnswerConfig(model=f"openai/{name}", api_base=url, api_key="none", questions=str(vicuna["questions"]),
-                               out=str(files[name]), limit=4, max_tokens=12, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+            cfg = AnswerConfig(
+                model=f"openai/{name}",
+                api_base=url,
+                api_key="none",
+                questions=str(vicuna["questions"]),
+                out=str(files[name]),
+                limit=4,
+                max_tokens=12,
+                cache_dir=str(tmp_path / "cache"),
+            )
             usage = answer(cfg, progress=False)
             assert usage.requests == 4
-    texts = {n: {(d := json.loads(line))["question_id"]: d["choices"][0]["turns"][0] for line in f.open()}
-             for n, f in files.items()}  # fmt: skip
+    texts = {
+        n: {(d := json.loads(line))["question_id"]: d["choices"][0]["turns"][0] for line in f.open()}
+        for n, f in files.items()
+    }
     assert all(len(t) == 4 for t in texts.values())
     with ScriptedServer(prefer_longer) as judge:
-        s = grade(GradeConfig(questions=str(vicuna["questions"]), answers=[str(files["tiny-a"])],
-                              baseline=str(files["tiny-b"]), judge="openai/judge", api_base=judge.url, api_key="x",
-                              cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "out"), bootstrap=100),
-                  progress=False).summary  # fmt: skip
+        s = grade(
+            GradeConfig(
+                questions=str(vicuna["questions"]),
+                answers=[str(files["tiny-a"])],
+                baseline=str(files["tiny-b"]),
+                judge="openai/judge",
+                api_base=judge.url,
+                api_key="x",
+                cache_dir=str(tmp_path / "cache"),
+                out=str(tmp_path / "out"),
+                bootstrap=100,
+            ),
+            progress=False,
+        ).summary
     a, b = texts["tiny-a"], texts["tiny-b"]
     wins = sum(len(a[q]) > len(b[q]) for q in a)
     losses = sum(len(a[q]) < len(b[q]) for q in a)

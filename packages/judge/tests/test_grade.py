@@ -16,8 +16,15 @@ BASE = "vicuna-13b"
 
 
 def _cfg(server: ScriptedServer, tmp: Path, **kw: Any) -> GradeConfig:
-    return GradeConfig(judge="openai/judge", api_base=server.url, api_key="x", cache_dir=str(tmp / "cache"),
-                       out=str(tmp / "out"), bootstrap=200, **kw)  # fmt: skip
+    return GradeConfig(
+        judge="openai/judge",
+        api_base=server.url,
+        api_key="x",
+        cache_dir=str(tmp / "cache"),
+        out=str(tmp / "out"),
+        bootstrap=200,
+        **kw,
+    )
 
 
 def _texts(path: Path) -> dict[int, str]:
@@ -26,8 +33,13 @@ def _texts(path: Path) -> dict[int, str]:
 
 def test_first_position_judge_gives_all_ties_and_zero_consistency(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
     with ScriptedServer(prefer_first) as server:
-        cfg = _cfg(server, tmp_path, questions=str(vicuna["questions"]), answers=[str(vicuna["answer"]("alpaca-13b"))],
-                   baseline=str(vicuna["answer"](BASE)))  # fmt: skip
+        cfg = _cfg(
+            server,
+            tmp_path,
+            questions=str(vicuna["questions"]),
+            answers=[str(vicuna["answer"]("alpaca-13b"))],
+            baseline=str(vicuna["answer"](BASE)),
+        )
         s = grade(cfg, progress=False).summary
         assert len(server.requests) == 160  # 80 questions, both orders
     assert (s["n"], s["wins"], s["losses"], s["ties"]) == (80, 0, 0, 80)
@@ -41,8 +53,13 @@ def test_longer_judge_matches_hand_count_on_real_answers(tmp_path, vicuna) -> No
     models = ["alpaca-13b", "llama-13b", "gpt35"]
     base = _texts(vicuna["answer"](BASE))
     with ScriptedServer(prefer_longer) as server:
-        cfg = _cfg(server, tmp_path, questions=str(vicuna["questions"]),
-                   answers=[str(vicuna["answer"](m)) for m in models], baseline=str(vicuna["answer"](BASE)))  # fmt: skip
+        cfg = _cfg(
+            server,
+            tmp_path,
+            questions=str(vicuna["questions"]),
+            answers=[str(vicuna["answer"](m)) for m in models],
+            baseline=str(vicuna["answer"](BASE)),
+        )
         s = grade(cfg, progress=False).summary
     ids = {"alpaca-13b": "alpaca-13b:v1", "llama-13b": "llama-13b:v1", "gpt35": "gpt-3.5-turbo:20230327"}
     pairs = {p["model"]: p for p in s["pairs"]}
@@ -74,8 +91,14 @@ def test_agreement_with_gpt4_reviews_matches_hand_count(tmp_path, vicuna) -> Non
             decided += 1
             same_decided += judge == label
     with ScriptedServer(prefer_longer) as server:
-        cfg = _cfg(server, tmp_path, questions=str(vicuna["questions"]), answers=[str(vicuna["answer"]("alpaca-13b"))],
-                   baseline=str(vicuna["answer"](BASE)), labels=[str(vicuna["review"]("alpaca-13b"))])  # fmt: skip
+        cfg = _cfg(
+            server,
+            tmp_path,
+            questions=str(vicuna["questions"]),
+            answers=[str(vicuna["answer"]("alpaca-13b"))],
+            baseline=str(vicuna["answer"](BASE)),
+            labels=[str(vicuna["review"]("alpaca-13b"))],
+        )
         lab = grade(cfg, progress=False).summary["label_agreement"]
     assert lab["n"] == 80 and lab["n_decided"] == decided
     assert lab["agreement_with_ties"] == same / 80
@@ -102,8 +125,15 @@ def test_unparseable_and_failing_replies_are_retried_and_counted(tmp_path, vicun
         return prefer_longer(req)
 
     with ScriptedServer(flaky) as server:
-        cfg = _cfg(server, tmp_path, questions=str(vicuna["questions"]), answers=[str(vicuna["answer"]("alpaca-13b"))],
-                   baseline=str(vicuna["answer"](BASE)), limit=12, parse_retries=2)  # fmt: skip
+        cfg = _cfg(
+            server,
+            tmp_path,
+            questions=str(vicuna["questions"]),
+            answers=[str(vicuna["answer"]("alpaca-13b"))],
+            baseline=str(vicuna["answer"](BASE)),
+            limit=12,
+            parse_retries=2,
+        )
         s = grade(cfg, progress=False).summary
         sent = len(server.requests)
     js = [json.loads(line) for line in (tmp_path / "out" / "judgments.jsonl").open()]
@@ -118,8 +148,18 @@ def test_unparseable_and_failing_replies_are_retried_and_counted(tmp_path, vicun
     assert all(j["verdicts"] and None not in j["verdicts"] and j["attempts"] == 4 for j in good)
     # rerun: every reply, good or bad, comes from the cache
     with ScriptedServer(flaky) as server2:
-        s2 = grade(_cfg(server2, tmp_path, questions=cfg.questions, answers=cfg.answers, baseline=cfg.baseline,
-                        limit=12, parse_retries=2), progress=False).summary  # fmt: skip
+        s2 = grade(
+            _cfg(
+                server2,
+                tmp_path,
+                questions=cfg.questions,
+                answers=cfg.answers,
+                baseline=cfg.baseline,
+                limit=12,
+                parse_retries=2,
+            ),
+            progress=False,
+        ).summary
         assert server2.requests == []
     assert sent > 0 and s2["wins"] == s["wins"] and s2["errors"] == s["errors"] and s2["usage"]["requests"] == 0
 
@@ -150,8 +190,9 @@ def test_single_grading_mt_bench_reference_guided_and_multi_turn(tmp_path, share
 
     files = [_mt_answers(tmp_path, qs, "short", "x"), _mt_answers(tmp_path, qs, "long", "xx")]
     with ScriptedServer(rater) as server:
-        cfg = _cfg(server, tmp_path, mode="single", questions=str(qs), references=str(refs),
-                   answers=[str(f) for f in files])  # fmt: skip
+        cfg = _cfg(
+            server, tmp_path, mode="single", questions=str(qs), references=str(refs), answers=[str(f) for f in files]
+        )
         s = grade(cfg, progress=False).summary
     assert len(seen) == 2 * 80 * 2  # two models, 80 questions, two turns each
     m = s["models"]
@@ -173,15 +214,24 @@ def test_single_grading_mt_bench_reference_guided_and_multi_turn(tmp_path, share
 def test_all_pairs_bradley_terry_and_report(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
     models = ["alpaca-13b", "llama-13b", "gpt35", "bard"]
     with ScriptedServer(prefer_longer) as server:
-        cfg = _cfg(server, tmp_path, questions=str(vicuna["questions"]), limit=20,
-                   answers=[str(vicuna["answer"](m)) for m in models])  # fmt: skip
+        cfg = _cfg(
+            server,
+            tmp_path,
+            questions=str(vicuna["questions"]),
+            limit=20,
+            answers=[str(vicuna["answer"](m)) for m in models],
+        )
         s = grade(cfg, progress=False).summary
         assert len(server.requests) == 6 * 20 * 2
     assert len(s["pairs"]) == 6 and s["baseline"] is None
     # the ratings order the models as their total answer length over these 20 questions does
     texts = {m: _texts(vicuna["answer"](m)) for m in models}
-    ids = {"alpaca-13b": "alpaca-13b:v1", "llama-13b": "llama-13b:v1", "gpt35": "gpt-3.5-turbo:20230327",
-           "bard": "bard:20230327"}  # fmt: skip
+    ids = {
+        "alpaca-13b": "alpaca-13b:v1",
+        "llama-13b": "llama-13b:v1",
+        "gpt35": "gpt-3.5-turbo:20230327",
+        "bard": "bard:20230327",
+    }
     wins = {m: sum(len(texts[m][q]) > len(texts[o][q]) for o in models if o != m for q in range(1, 21)) for m in models}
     by_rating = sorted(models, key=lambda m: s["bradley_terry"][ids[m]]["rating"])
     assert by_rating == sorted(models, key=lambda m: wins[m])

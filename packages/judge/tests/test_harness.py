@@ -17,7 +17,7 @@ def _category_task(shared_data, folder):  # type: ignore[no-untyped-def]
     items = []
     for i, r in enumerate(rows[::8]):
         others = [c for c in cats if c != r["category"]][i % 5 : i % 5 + 3]
-        choices = others[: i % 4] + [r["category"]] + others[i % 4 :]
+        choices = [*others[: i % 4], r["category"], *others[i % 4 :]]
         items.append({"question": r["text"], "choices": choices, "answer": i % 4})
     return write_choice_task(items, folder, "vicuna_category"), len(items)
 
@@ -28,8 +28,9 @@ def test_local_multiple_choice_task_on_tiny_model(tmp_path, shared_data, tiny_mo
     folder, n = _category_task(shared_data, tmp_path / "tasks")
     out = tmp_path / "run"
     out.mkdir()
-    (out / "summary.json").write_text(json.dumps({"mode": "single", "judge": "j", "questions": "q", "models": {},
-                                                  "audit": {"errors": 0}}))  # fmt: skip
+    (out / "summary.json").write_text(
+        json.dumps({"mode": "single", "judge": "j", "questions": "q", "models": {}, "audit": {"errors": 0}})
+    )
     cfg = HarnessConfig(model=str(tiny_model_dir), tasks=["vicuna_category"], include_path=str(folder), out=str(out))
     scores = harness(cfg)
     acc = scores["vicuna_category"]["acc"]
@@ -42,5 +43,6 @@ def test_local_multiple_choice_task_on_tiny_model(tmp_path, shared_data, tiny_mo
 
 def test_bad_choice_items_are_rejected(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(HuarizoError, match="item 1: needs choices"):
-        write_choice_task([{"question": "q", "choices": ["a"], "answer": 0}, {"question": "q", "answer": 0}],
-                          tmp_path, "t")  # fmt: skip
+        write_choice_task(
+            [{"question": "q", "choices": ["a"], "answer": 0}, {"question": "q", "answer": 0}], tmp_path, "t"
+        )

@@ -19,8 +19,10 @@ from huarizo.judge import metric_path  # noqa: E402
 def test_rouge_l_matches_rouge_score_on_self_instruct(shared_data) -> None:  # type: ignore[no-untyped-def]
     rouge_score = pytest.importorskip("rouge_score.rouge_scorer")
     metric = evaluate.load(metric_path("rouge_l"))
-    rows = [json.loads(line) for line in (shared_data / "self_instruct/human_eval/predictions/"
-                                           "text-davinci-003_predictions.jsonl").open()][:40]  # fmt: skip
+    rows = [
+        json.loads(line)
+        for line in (shared_data / "self_instruct/human_eval/predictions/text-davinci-003_predictions.jsonl").open()
+    ][:40]
     preds, refs = [r["response"] for r in rows], [r["target"] for r in rows]
     got = metric.compute(predictions=preds, references=refs)["rougeL"]
     scorer = rouge_score.RougeScorer(["rougeL"], use_stemmer=False)

@@ -18,8 +18,21 @@ def _overrides(args: argparse.Namespace, keys: list[str]) -> list[str]:
 def _answer(args: argparse.Namespace) -> int:
     from huarizo.judge.answer import AnswerConfig, answer
 
-    keys = ["model", "questions", "out", "model_id", "api_base", "api_key", "concurrency", "max_tokens",
-            "temperature", "template", "system", "cache_dir", "limit"]  # fmt: skip
+    keys = [
+        "model",
+        "questions",
+        "out",
+        "model_id",
+        "api_base",
+        "api_key",
+        "concurrency",
+        "max_tokens",
+        "temperature",
+        "template",
+        "system",
+        "cache_dir",
+        "limit",
+    ]
     cfg = AnswerConfig.load(args.config, _overrides(args, keys))
     usage = answer(cfg)
     print(f"answers in {cfg.out}; {usage.requests} requests, {usage.cached} cached, {usage.retries} retried")
@@ -29,16 +42,32 @@ def _answer(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from huarizo.judge.grade import GradeConfig, grade
 
-    keys = ["mode", "questions", "references", "answers", "baseline", "judge", "api_base", "api_key", "concurrency",
-            "labels", "out", "limit", "cache_dir", "parse_retries"]  # fmt: skip
+    keys = [
+        "mode",
+        "questions",
+        "references",
+        "answers",
+        "baseline",
+        "judge",
+        "api_base",
+        "api_key",
+        "concurrency",
+        "labels",
+        "out",
+        "limit",
+        "cache_dir",
+        "parse_retries",
+    ]
     cfg = GradeConfig.load(args.config, _overrides(args, keys))
     result = grade(cfg)
     s = result.summary
     if cfg.mode == "pairwise":
         for p in s["pairs"]:
             wr, ci = p["win_rate"], p["win_rate_ci"]
-            print(f"{p['model']} vs {p['opponent']}: win rate {wr:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-                  f"({p['wins']}W {p['ties']}T {p['losses']}L, {p['errors']} errors)")  # fmt: skip
+            print(
+                f"{p['model']} vs {p['opponent']}: win rate {wr:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                f"({p['wins']}W {p['ties']}T {p['losses']}L, {p['errors']} errors)"
+            )
     else:
         for m, v in s["models"].items():
             print(f"{m}: mean score {v['mean']} over {v['n']} ({v['errors']} errors)")

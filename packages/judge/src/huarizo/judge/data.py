@@ -1,11 +1,12 @@
 """Question and answer files in the layouts people already have, read into two internal types.
 
-| layout | questions | answers |
-|---|---|---|
-| legacy Vicuna-80 (FastChat `eval/table`) | `question_id, text, category` | `question_id, text, model_id[, answer_id]` |
-| MT-bench / new Vicuna bench (FastChat `llm_judge`) | `question_id, category, turns[]` | `question_id, model_id, choices[{turns[]}]` |
-| AlpacaEval | `instruction, dataset` (+ `output, generator`) | `instruction, output, generator` |
-| Self-Instruct user-oriented | `id, instruction, instances[{input, output}]` | `instruction, input, response` |
+- legacy Vicuna-80 (FastChat `eval/table`): questions `question_id, text, category`; answers
+  `question_id, text, model_id[, answer_id]`.
+- MT-bench / new Vicuna bench (FastChat `llm_judge`): questions `question_id, category, turns[]`; answers (and
+  reference answers) `question_id, model_id, choices[{turns[]}]`.
+- AlpacaEval: questions `instruction, dataset`; answers `instruction, output, generator`.
+- Self-Instruct user-oriented: questions `id, instruction, instances[{input, output}]`; answers (predictions)
+  `instruction, input, response`.
 
 The layout is detected from the keys of the first record; a record that does not fit is an error naming the file, the
 line (or record) and the field. Answers are matched to questions by id, or by the question text when the layout has

@@ -11,6 +11,7 @@ recorded as an error if it never has one. Every request is cached by its hash: r
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 from collections.abc import Callable
@@ -116,9 +117,18 @@ async def _single(cfg: GradeConfig, client: LLMClient, q: Question, a: Answer, t
     messages, ref = single_messages(q, a.turns, turn)
     score, replies, attempts, error = await _ask(cfg, client, messages, parse_rating)
     return Judgment(
-        "single", q.question_id, q.category, turn, model=a.model_id, score=score, len_a=len(a.turns[turn]),
-        reference=ref, replies=replies, attempts=attempts, error=error,
-    )  # fmt: skip
+        "single",
+        q.question_id,
+        q.category,
+        turn,
+        model=a.model_id,
+        score=score,
+        len_a=len(a.turns[turn]),
+        reference=ref,
+        replies=replies,
+        attempts=attempts,
+        error=error,
+    )
 
 
 async def _pair(cfg: GradeConfig, client: LLMClient, q: Question, a: Answer, b: Answer, turn: int) -> Judgment:
@@ -127,10 +137,20 @@ async def _pair(cfg: GradeConfig, client: LLMClient, q: Question, a: Answer, b: 
         _ask(cfg, client, m1, parse_pair), _ask(cfg, client, m2, parse_pair)
     )
     j = Judgment(
-        "pairwise", q.question_id, q.category, turn, model_a=a.model_id, model_b=b.model_id, verdicts=[v1, v2],
-        len_a=len(a.turns[turn]), len_b=len(b.turns[turn]), reference=ref, replies=r1 + r2, attempts=n1 + n2,
+        "pairwise",
+        q.question_id,
+        q.category,
+        turn,
+        model_a=a.model_id,
+        model_b=b.model_id,
+        verdicts=[v1, v2],
+        len_a=len(a.turns[turn]),
+        len_b=len(b.turns[turn]),
+        reference=ref,
+        replies=r1 + r2,
+        attempts=n1 + n2,
         error=e1 or e2,
-    )  # fmt: skip
+    )
     if j.error is None:
         first = {"A": a.model_id, "B": b.model_id, "C": "tie"}[v1]
         second = {"A": b.model_id, "B": a.model_id, "C": "tie"}[v2]
@@ -194,16 +214,18 @@ def grade(cfg: GradeConfig, *, progress: bool = True) -> GradeResult:
     for q in qs.questions:
         if cfg.mode == "single":
             for m in models + ([baseline] if baseline else []):
-                a = answers[m].get(q.question_id)
-                for t in range(min(len(q.turns), len(a.turns)) if a else 0):
-                    jobs.append(lambda q=q, a=a, t=t: _single(cfg, client, q, a, t))
+                one = answers[m].get(q.question_id)
+                if one is None:
+                    continue
+                for t in range(min(len(q.turns), len(one.turns))):
+                    jobs.append(functools.partial(_single, cfg, client, q, one, t))
         else:
             for ma, mb in _pairs(cfg, models, baseline):
                 a, b = answers[ma].get(q.question_id), answers[mb].get(q.question_id)
                 if a is None or b is None:
                     continue
                 for t in range(min(len(q.turns), len(a.turns), len(b.turns))):
-                    jobs.append(lambda q=q, a=a, b=b, t=t: _pair(cfg, client, q, a, b, t))
+                    jobs.append(functools.partial(_pair, cfg, client, q, a, b, t))
     if not jobs:
         raise HuarizoError("nothing to grade: no answer matches a question (check --questions and --answers)")
     judgments = asyncio.run(_run(cfg, client, jobs, progress))

@@ -70,8 +70,9 @@ def audit_single(js: Sequence[Judgment]) -> dict[str, Any]:
                 decided += 1
                 longer += (x.score > y.score) == (x.len_a > y.len_a)  # type: ignore[operator]
     corr = None
-    if len(ok) > 2 and np.std([j.len_a for j in ok]) > 0 and np.std([j.score for j in ok]) > 0:  # type: ignore[arg-type]
-        corr = float(np.corrcoef([j.len_a for j in ok], [j.score for j in ok])[0, 1])  # type: ignore[misc]
+    lengths, scores = [j.len_a for j in ok], [float(j.score or 0) for j in ok]
+    if len(ok) > 2 and np.std(lengths) > 0 and np.std(scores) > 0:
+        corr = float(np.corrcoef(lengths, scores)[0, 1])
     return {
         "unparsed_replies": sum(len(j.replies) - (j.score is not None) for j in js),
         "position_consistency": None,
@@ -123,9 +124,9 @@ def _summarize_pairwise(cfg: GradeConfig, js: Sequence[Judgment], baseline: str 
     players = sorted({m for j in js for m in (j.model_a, j.model_b) if m})
     models = [m for m in players if m != baseline]
     per_pair = []
-    for a, b in sorted({(j.model_a, j.model_b) for j in js}):  # type: ignore[type-var]
+    for a, b in sorted({(j.model_a or "", j.model_b or "") for j in js}):
         sel = [j for j in js if (j.model_a, j.model_b) == (a, b)]
-        per_pair.append({"model": a, "opponent": b, **pair_stats(sel, a, **kw)})  # type: ignore[arg-type]
+        per_pair.append({"model": a, "opponent": b, **pair_stats(sel, a, **kw)})
     per_model = {}
     for m in models:
         sel = [j for j in js if m in (j.model_a, j.model_b)]
@@ -219,19 +220,35 @@ def write_report(out: Path, s: dict[str, Any], *, plots: bool = True) -> Path:
     if s["mode"] == "pairwise":
         lines += ["", "## Win rates", ""]
         rows = [
-            [p["model"], p["opponent"], str(p["n"]), str(p["wins"]), str(p["ties"]), str(p["losses"]),
-             _fmt(p["win_rate"], True), _fmt(p["win_rate_ci"], True), _fmt(p["lc_win_rate"], True)]
+            [
+                p["model"],
+                p["opponent"],
+                str(p["n"]),
+                str(p["wins"]),
+                str(p["ties"]),
+                str(p["losses"]),
+                _fmt(p["win_rate"], True),
+                _fmt(p["win_rate_ci"], True),
+                _fmt(p["lc_win_rate"], True),
+            ]
             for p in s["pairs"]
-        ]  # fmt: skip
+        ]
         lines += _table(["model", "opponent", "n", "wins", "ties", "losses", "win rate", "95% CI", "LC win rate"], rows)
         lines += ["", "Ties count half. LC: length-controlled (the preference regressed on the length difference)."]
         if len(s["models"]) > 1 or not s.get("baseline"):
             lines += ["", "### Each model against all its opponents", ""]
             rows = [
-                [m, str(v["n"]), str(v["wins"]), str(v["ties"]), str(v["losses"]), _fmt(v["win_rate"], True),
-                 _fmt(v["win_rate_ci"], True)]
+                [
+                    m,
+                    str(v["n"]),
+                    str(v["wins"]),
+                    str(v["ties"]),
+                    str(v["losses"]),
+                    _fmt(v["win_rate"], True),
+                    _fmt(v["win_rate_ci"], True),
+                ]
                 for m, v in s["models"].items()
-            ]  # fmt: skip
+            ]
             lines += _table(["model", "n", "wins", "ties", "losses", "win rate", "95% CI"], rows)
         if s.get("bradley_terry"):
             lines += ["", "## Bradley-Terry ratings (Elo scale, 95% bootstrap interval)", ""]
@@ -274,9 +291,16 @@ def write_report(out: Path, s: dict[str, Any], *, plots: bool = True) -> Path:
         lines += ["", "### Agreement with labels", ""]
         lines += _table(
             ["labels", "matched", "agreement (with ties)", "decided by both", "agreement (without ties)"],
-            [[str(lab["labels"]), str(lab["n"]), _fmt(lab["agreement_with_ties"], True), str(lab["n_decided"]),
-              _fmt(lab["agreement_without_ties"], True)]],
-        )  # fmt: skip
+            [
+                [
+                    str(lab["labels"]),
+                    str(lab["n"]),
+                    _fmt(lab["agreement_with_ties"], True),
+                    str(lab["n_decided"]),
+                    _fmt(lab["agreement_without_ties"], True),
+                ]
+            ],
+        )
     else:
         lines += ["", "No labels given (`--labels FILE`): agreement with human or reference labels not measured."]
     if s.get("harness"):
@@ -338,8 +362,8 @@ def make_plots(out: Path, s: dict[str, Any]) -> list[str]:
         wr = np.array([p["win_rate"] if p["win_rate"] is not None else np.nan for p in pairs])
         ci = np.array([p["win_rate_ci"] or [np.nan, np.nan] for p in pairs])
         ax.errorbar(wr, y, xerr=[wr - ci[:, 0], ci[:, 1] - wr], fmt="o", capsize=4, label="win rate (95% CI)")
-        lc = [p["lc_win_rate"] if p["lc_win_rate"] is not None else np.nan for p in pairs]
-        ax.plot(lc, y, "x", color="#d35400", label="length-controlled")
+        lc_rates = [p["lc_win_rate"] if p["lc_win_rate"] is not None else np.nan for p in pairs]
+        ax.plot(lc_rates, y, "x", color="#d35400", label="length-controlled")
         ax.axvline(0.5, color="gray", lw=0.8, ls="--")
         ax.set_yticks(y, labels)
         ax.set_xlim(0, 1)
@@ -363,8 +387,8 @@ def make_plots(out: Path, s: dict[str, Any]) -> list[str]:
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cats) + 2), 4))
         width = 0.8 / max(1, len(models))
         for i, m in enumerate(models):
-            vals = [s["models"][m]["by_category"].get(c, np.nan) for c in cats]
-            ax.bar(np.arange(len(cats)) + i * width, vals, width, label=m)
+            heights = [s["models"][m]["by_category"].get(c, np.nan) for c in cats]
+            ax.bar(np.arange(len(cats)) + i * width, heights, width, label=m)
         ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2, cats, rotation=30, ha="right")
         ax.set_ylim(0, 10)
         ax.set_ylabel("mean score")

@@ -29,5 +29,6 @@ class ExactMatch(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, ignore_case=True):
-        hits = [normalize(p, ignore_case) == normalize(r, ignore_case) for p, r in zip(predictions, references)]
+        pairs = zip(predictions, references, strict=True)
+        hits = [normalize(p, ignore_case) == normalize(r, ignore_case) for p, r in pairs]
         return {"exact_match": sum(hits) / len(hits) if hits else 0.0}

@@ -38,7 +38,7 @@ class JudgeWinRate(evaluate.Metric):
 
     def _compute(self, predictions, references, bootstrap=1000, seed=0):
         outcomes, inconsistent, errors = [], 0, 0
-        for first, second in zip(predictions, references):
+        for first, second in zip(predictions, references, strict=True):
             v1, v2 = verdict(first), verdict(second)
             if v1 is None or v2 is None:
                 errors += 1

@@ -55,7 +55,7 @@ class RougeL(evaluate.Metric):
 
     def _compute(self, predictions, references):
         scores = []
-        for pred, ref in zip(predictions, references):
+        for pred, ref in zip(predictions, references, strict=True):
             refs = [ref] if isinstance(ref, str) else list(ref)
             scores.append(max(rouge_l(pred, r) for r in refs) if refs else 0.0)
         return {"rougeL": sum(scores) / len(scores) if scores else 0.0}
