@@ -244,3 +244,91 @@ def test_all_pairs_bradley_terry_and_report(tmp_path, vicuna) -> None:  # type: 
     report = (out / "report.md").read_text()
     assert "## Bradley-Terry ratings" in report and "![bradley_terry.png](bradley_terry.png)" in report
     assert len((out / "judgments.jsonl").read_text().splitlines()) == 120
+
+
+def test_single_scores_agreement_with_gpt4_reviews(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
+    from huarizo.judge.testing import shown_answer
+
+    def by_length(req: dict[str, Any]) -> str:
+        return f"Rating: [[{min(10, 1 + len(shown_answer(req)) // 300)}]]"
+
+    mine, base = _texts(vicuna["answer"]("llama-13b")), _texts(vicuna["answer"](BASE))
+    score = {k: {q: min(10, 1 + len(t) // 300) for q, t in v.items()} for k, v in (("1", mine), ("2", base))}
+    same = n_decided = same_decided = 0
+    for line in vicuna["review"]("llama-13b").open():
+        r = json.loads(line)
+        q, (s1, s2) = r["question_id"], r["score"]
+        label = "1" if s1 > s2 else "2" if s2 > s1 else "tie"
+        a, b = score["1"][q], score["2"][q]
+        judge = "1" if a > b else "2" if b > a else "tie"
+        same += judge == label
+        if "tie" not in (judge, label):
+            n_decided += 1
+            same_decided += judge == label
+    with ScriptedServer(by_length) as server:
+        cfg = _cfg(
+            server,
+            tmp_path,
+            mode="single",
+            questions=str(vicuna["questions"]),
+            answers=[str(vicuna["answer"]("llama-13b")), str(vicuna["answer"](BASE))],
+            labels=[str(vicuna["review"]("llama-13b"))],
+        )
+        lab = grade(cfg, progress=False).summary["label_agreement"]
+    assert (lab["n"], lab["n_decided"]) == (80, n_decided)
+    assert lab["agreement_with_ties"] == same / 80 and lab["agreement_without_ties"] == same_decided / n_decided
+
+
+def test_alpaca_eval_baseline_with_annotations_as_labels(tmp_path, shared_data) -> None:  # type: ignore[no-untyped-def]
+    ae = shared_data / "alpaca_eval"
+    outs = {
+        g: {d["instruction"]: d["output"] for d in json.loads((ae / f"model_outputs/{g}.json").read_text())}
+        for g in ("alpaca-7b", "text_davinci_003")
+    }
+    annotations = json.loads((ae / "annotations/alpaca-7b__alpaca_eval_gpt4.json").read_text())
+    instructions = [d["instruction"] for d in json.loads((ae / "example_outputs_805.json").read_text())][:30]
+    pairs = []
+    for a in annotations:
+        if a["instruction"] in instructions[:30] and a["preference"] is not None:
+            la, lb = len(outs["alpaca-7b"][a["instruction"]]), len(outs["text_davinci_003"][a["instruction"]])
+            judge = "alpaca-7b" if la > lb else "text_davinci_003" if lb > la else "tie"
+            p = float(a["preference"])
+            label = "tie" if p in (0, 1.5) else a["generator_1"] if p < 1.5 else a["generator_2"]
+            pairs.append(judge == label)
+    with ScriptedServer(prefer_longer) as server:
+        cfg = _cfg(
+            server,
+            tmp_path,
+            questions=str(ae / "example_outputs_805.json"),
+            limit=30,
+            answers=[str(ae / "model_outputs/alpaca-7b.json")],
+            baseline=str(ae / "model_outputs/text_davinci_003.json"),
+            labels=[str(ae / "annotations/alpaca-7b__alpaca_eval_gpt4.json")],
+        )
+        s = grade(cfg, progress=False).summary
+    assert s["baseline"] == "text_davinci_003" and s["n"] == 30
+    lab = s["label_agreement"]
+    assert lab["labels"] == lab["n"] == len(pairs) == 30  # the labels of the graded questions
+    assert lab["agreement_with_ties"] == sum(pairs) / len(pairs)
+    assert s["models"]["alpaca-7b"]["win_rate_by_category"]
+
+
+def test_garbage_response_body_is_an_error_not_a_verdict(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
+    def broken(req: dict[str, Any]) -> str | Reply:
+        if "Python and JavaScript" in req["messages"][-1]["content"]:
+            return Reply(raw_body="<html>oops</html>")
+        return prefer_longer(req)
+
+    with ScriptedServer(broken) as server:
+        cfg = _cfg(
+            server,
+            tmp_path,
+            questions=str(vicuna["questions"]),
+            limit=4,
+            answers=[str(vicuna["answer"]("alpaca-13b"))],
+            baseline=str(vicuna["answer"](BASE)),
+        )
+        s = grade(cfg, progress=False).summary
+    js = [json.loads(line) for line in (tmp_path / "out" / "judgments.jsonl").open()]
+    assert [j["question_id"] for j in js if j["error"]] == ["3"]
+    assert s["errors"] == 1 and s["n"] == 3 and s["wins"] + s["losses"] + s["ties"] == 3

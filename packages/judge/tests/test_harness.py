@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -22,8 +23,10 @@ def _category_task(shared_data, folder):  # type: ignore[no-untyped-def]
     return write_choice_task(items, folder, "vicuna_category"), len(items)
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None, reason="lm-evaluation-harness not installed (huarizo-judge[harness])"
+)
 def test_local_multiple_choice_task_on_tiny_model(tmp_path, shared_data, tiny_model_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (extra huarizo-judge[harness])")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     folder, n = _category_task(shared_data, tmp_path / "tasks")
     out = tmp_path / "run"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from huarizo.judge import Question, parse_pair, parse_rating
 from huarizo.judge.prompts import pair_messages, single_messages
 
@@ -31,3 +34,9 @@ def test_answers_verbatim_and_reference_only_where_it_belongs() -> None:
     msgs, _ = single_messages(two, ["R1", "R2"], 1)
     body = msgs[-1]["content"]
     assert body.index("R1") < body.index("Q2") < body.index("R2") and "turn 2" in body
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="[]")), st.sampled_from("ABC"), st.text())
+def test_one_verdict_anywhere_is_found_and_none_is_never_guessed(noise: str, v: str, tail: str) -> None:
+    assert parse_pair(noise) is None
+    assert parse_pair(f"{noise}[[{v}]]{tail.replace('[', '(')}") == v

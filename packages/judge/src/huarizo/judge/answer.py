@@ -152,7 +152,7 @@ async def _run(
 ) -> None:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), desc=f"answering ({model_id})", unit="q", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"answering ({model_id})", unit="q", disable=None if progress else True)
     failures: list[str] = []
 
     async def job(q: Question) -> None:

@@ -186,7 +186,7 @@ def load_all_answers(cfg: GradeConfig, qs: QuestionSet) -> tuple[dict[str, dict[
 async def _run(cfg: GradeConfig, client: LLMClient, jobs: list[Callable[[], Any]], progress: bool) -> list[Judgment]:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), desc=f"judging ({cfg.judge})", unit="judgment", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"judging ({cfg.judge})", unit="judgment", disable=None if progress else True)
 
     async def run(job: Callable[[], Any]) -> Judgment:
         out: Judgment = await job()

@@ -10,7 +10,7 @@ import re
 
 from huarizo.judge.data import Question
 
-REFERENCE_CATEGORIES = frozenset({"math", "reasoning", "coding", "code", "extraction"})
+REFERENCE_CATEGORIES = frozenset({"math", "reasoning", "coding"})
 """Categories graded against the reference answer when the question has one."""
 
 SYSTEM_SINGLE = (

@@ -253,7 +253,10 @@ def write_report(out: Path, s: dict[str, Any], *, plots: bool = True) -> Path:
         if s.get("bradley_terry"):
             lines += ["", "## Bradley-Terry ratings (Elo scale, 95% bootstrap interval)", ""]
             bt = sorted(s["bradley_terry"].items(), key=lambda kv: -kv[1]["rating"])
-            lines += _table(["model", "rating", "95% CI"], [[m, f"{v['rating']:.0f}", _fmt(v["ci"])] for m, v in bt])
+            lines += _table(
+                ["model", "rating", "95% CI"],
+                [[m, f"{v['rating']:.0f}", f"[{v['ci'][0]:.0f}, {v['ci'][1]:.0f}]"] for m, v in bt],
+            )
         cats = sorted({c for v in s["models"].values() for c in v["win_rate_by_category"]})
         if cats:
             lines += ["", "## Win rate by category", ""]
