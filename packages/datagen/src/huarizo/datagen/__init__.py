@@ -1,3 +1,52 @@
 """huarizo-datagen: instruction data generation (Self-Instruct, Alpaca), filtering and ShareGPT cleaning."""
 
+from huarizo.datagen.filters import FilterConfig, FilterResult, RecordFilter, filter_file
+from huarizo.datagen.generate import (
+    AlpacaConfig,
+    DatagenConfig,
+    RunResult,
+    SelfInstructConfig,
+    TeacherConfig,
+    default_seeds,
+    load_seeds,
+    run,
+)
+from huarizo.datagen.identity import identity_conversations, write_identity
+from huarizo.datagen.rouge import (
+    CJKTokenizer,
+    DefaultTokenizer,
+    Match,
+    NoveltyIndex,
+    novelty_filter,
+    rouge_score_filter,
+)
+from huarizo.datagen.sharegpt import CleanConfig, CleanResult, clean_conversations, clean_file, html_to_markdown
+
 __version__ = "0.1.0"
+__all__ = [
+    "AlpacaConfig",
+    "CJKTokenizer",
+    "CleanConfig",
+    "CleanResult",
+    "DatagenConfig",
+    "DefaultTokenizer",
+    "FilterConfig",
+    "FilterResult",
+    "Match",
+    "NoveltyIndex",
+    "RecordFilter",
+    "RunResult",
+    "SelfInstructConfig",
+    "TeacherConfig",
+    "clean_conversations",
+    "clean_file",
+    "default_seeds",
+    "filter_file",
+    "html_to_markdown",
+    "identity_conversations",
+    "load_seeds",
+    "novelty_filter",
+    "rouge_score_filter",
+    "run",
+    "write_identity",
+]

@@ -1,0 +1,266 @@
+"""Filters for generated instruction data, shared by `huarizo filter` and the generation pipelines.
+
+Instruction checks (per task): `keywords` (words a text model cannot act on), `length` (instruction words out of
+bounds), `start` (instruction starting with punctuation, or with a non-ASCII character under the default tokenizer),
+`rouge` (ROUGE-L F1 above the threshold against the pool or an earlier kept instruction; exact, see `rouge.py`).
+Instance checks (per record): `empty-output`, `duplicate` (same instruction, input and output as an earlier record),
+`conflict` (same instruction and input with different outputs: every such record is dropped).
+The tabular checks are polars expressions; the ROUGE-L check then runs in input order on what is left.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import Field, field_validator
+
+from huarizo.datagen.rouge import NoveltyIndex
+from huarizo.formats import HuarizoConfig, HuarizoError, JsonlAppender, read_records, write_records
+
+INSTRUCTION_CHECKS = ("keywords", "length", "start", "rouge")
+INSTANCE_CHECKS = ("empty-output", "duplicate", "conflict")
+ALL_CHECKS = INSTRUCTION_CHECKS + INSTANCE_CHECKS
+
+DEFAULT_BLACKLIST = [
+    "image",
+    "images",
+    "picture",
+    "pictures",
+    "photo",
+    "photos",
+    "photograph",
+    "drawing",
+    "draw",
+    "sketch",
+    "paint",
+    "graph",
+    "graphs",
+    "plot",
+    "diagram",
+    "flowchart",
+    "map",
+    "maps",
+    "video",
+    "videos",
+    "audio",
+    "music",
+    "song",
+    "sound",
+    "listen",
+    "watch",
+    "file",
+    "files",
+    "attached",
+    "screenshot",
+    "go to",
+    "website link",
+]
+
+
+class FilterConfig(HuarizoConfig):
+    """Which checks run and their settings (`checks: [all]` or a subset of the names in `ALL_CHECKS`)."""
+
+    checks: list[str] = Field(default_factory=lambda: ["all"])
+    rouge_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    tokenizer: str = Field(default="default", pattern="^(default|cjk)$")
+    blacklist: list[str] = Field(default_factory=lambda: list(DEFAULT_BLACKLIST))
+    min_words: int = Field(default=3, ge=0)
+    max_words: int = Field(default=150, ge=1)
+
+    @field_validator("checks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c != "all" and c not in ALL_CHECKS]
+        if bad:
+            raise ValueError(f"unknown check(s) {bad}; choose from all, {', '.join(ALL_CHECKS)}")
+        return v
+
+    def enabled(self, check: str) -> bool:
+        """Whether a check runs."""
+        return "all" in self.checks or check in self.checks
+
+
+def _instruction_reasons(df: pl.DataFrame, cfg: FilterConfig) -> pl.Expr:
+    ins = pl.col("instruction").str.strip_chars()
+    words = ins.str.count_matches(r"\S+")
+    rules: list[tuple[str, pl.Expr]] = []
+    if cfg.enabled("length"):
+        rules.append(("length", (words < cfg.min_words) | (words > cfg.max_words)))
+    if cfg.enabled("keywords") and cfg.blacklist:
+        pattern = r"(?i)\b(?:" + "|".join(re.escape(w) for w in cfg.blacklist) + r")\b"
+        rules.append(("keywords", ins.str.contains(pattern)))
+    if cfg.enabled("start"):
+        first = r"^[^\p{L}\p{N}]" if cfg.tokenizer == "cjk" else r"^(?:[^A-Za-z0-9]|[^\x00-\x7F])"
+        rules.append(("start", ins.str.contains(first)))
+    expr: pl.Expr = pl.lit(None, dtype=pl.String)
+    for name, cond in reversed(rules):
+        expr = pl.when(cond).then(pl.lit(name)).otherwise(expr)
+    return expr
+
+
+def tabular_reasons(
+    records: Sequence[dict[str, Any]], cfg: FilterConfig, *, instance_checks: bool = True
+) -> list[str | None]:
+    """The first failing non-ROUGE check of each record (None: passes), computed with polars."""
+    if not records:
+        return []
+    df = pl.DataFrame(
+        {
+            "instruction": [str(r.get("instruction", "")) for r in records],
+            "input": [str(r.get("input", "") or "") for r in records],
+            "output": [str(r.get("output", "") or "") for r in records],
+        }
+    )
+    reason = _instruction_reasons(df, cfg)
+    if instance_checks:
+        key = ["instruction", "input"]
+        if cfg.enabled("conflict"):
+            conflicting = pl.col("output").n_unique().over(key) > 1
+            reason = pl.when(reason.is_null() & conflicting).then(pl.lit("conflict")).otherwise(reason)
+        if cfg.enabled("duplicate"):
+            dup = ~pl.struct("instruction", "input", "output").is_first_distinct()
+            reason = pl.when(reason.is_null() & dup).then(pl.lit("duplicate")).otherwise(reason)
+        if cfg.enabled("empty-output"):
+            empty = pl.col("output").str.strip_chars() == ""
+            reason = pl.when(empty).then(pl.lit("empty-output")).otherwise(reason)
+    return df.select(reason.alias("reason"))["reason"].to_list()
+
+
+@dataclass
+class Rejected:
+    """A dropped record and why."""
+
+    record: dict[str, Any]
+    reason: str
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The record with `reason` and `detail` keys added (a rejects-file line)."""
+        return {**self.record, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class FilterResult:
+    """Kept records, rejected records with reasons, and counts per reason."""
+
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Counter[str]:
+        """Rejections per reason."""
+        return Counter(r.reason for r in self.rejected)
+
+
+class RecordFilter:
+    """Stateful filtering: the ROUGE-L pool keeps growing with every kept instruction, across calls."""
+
+    def __init__(self, cfg: FilterConfig | None = None, pool: Iterable[str] = ()) -> None:
+        self.cfg = cfg or FilterConfig()
+        self.index = NoveltyIndex(self.cfg.rouge_threshold, self.cfg.tokenizer)  # type: ignore[arg-type]
+        self._kept_instructions: set[str] = set()
+        self.added: list[str] = []  # instructions that joined the pool through this filter, in order
+        for text in pool:
+            self.index.add(text)
+
+    def add_to_pool(self, instruction: str) -> None:
+        """Add an instruction kept elsewhere (e.g. when resuming a run)."""
+        if instruction not in self._kept_instructions:
+            self._kept_instructions.add(instruction)
+            self.index.add(instruction)
+            self.added.append(instruction)
+
+    def _rouge(self, instruction: str) -> Rejected | None:
+        if not self.cfg.enabled("rouge") or instruction in self._kept_instructions:
+            return None
+        match = self.index.check(instruction)
+        if match is None:
+            self.add_to_pool(instruction)
+            return None
+        return Rejected({}, "rouge", f"ROUGE-L {match.score:.3f} vs {match.text!r}")
+
+    def filter_instructions(self, instructions: Sequence[str]) -> list[Rejected | None]:
+        """Instruction checks only, in order; kept instructions join the pool. None means kept."""
+        recs = [{"instruction": t} for t in instructions]
+        reasons = tabular_reasons(recs, self.cfg, instance_checks=False)
+        out: list[Rejected | None] = []
+        for rec, reason in zip(recs, reasons, strict=True):
+            if reason is not None:
+                out.append(Rejected(rec, reason))
+                continue
+            rej = self._rouge(rec["instruction"])
+            if rej is not None:
+                rej.record = rec
+            out.append(rej)
+        return out
+
+    def filter(self, records: Sequence[dict[str, Any]]) -> FilterResult:
+        """All enabled checks on Alpaca-like records, in input order.
+
+        Records repeating an instruction that was already kept are instances of the same task and are not compared
+        by ROUGE-L with it (the other checks still apply).
+        """
+        result = FilterResult()
+        for rec, reason in zip(records, tabular_reasons(records, self.cfg), strict=True):
+            rej = Rejected(rec, reason) if reason is not None else self._rouge(str(rec["instruction"]))
+            if rej is None:
+                result.kept.append(rec)
+            else:
+                rej.record = rec
+                result.rejected.append(rej)
+        return result
+
+
+def read_instructions(paths: Iterable[str | Path]) -> list[str]:
+    """The `instruction` of every record in the given files (seed tasks, Alpaca, ...), in order."""
+    out: list[str] = []
+    for path in paths:
+        result = read_records(path)
+        for rec in result.records:
+            text = getattr(rec, "instruction", None)
+            if text is None:
+                raise HuarizoError(f"{path}: records have no 'instruction' field (format {result.format})")
+            out.append(text)
+    return out
+
+
+def filter_file(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    pool: Sequence[str | Path] = (),
+    cfg: FilterConfig | None = None,
+    rejects: str | Path | None = None,
+) -> FilterResult:
+    """Filter an Alpaca file into `dst`; rejected records with `reason`/`detail` go to `rejects` (default
+    `DST.rejects.jsonl`)."""
+    records = [r.to_json() for r in read_records(src, "alpaca").records]
+    result = RecordFilter(cfg, read_instructions(pool)).filter(records)
+    write_records(dst, result.kept)
+    rej_path = Path(rejects) if rejects else Path(f"{dst}.rejects.jsonl")
+    rej_path.unlink(missing_ok=True)
+    with JsonlAppender(rej_path) as app:
+        app.append(r.to_json() for r in result.rejected)
+    return result
+
+
+def summary_table(result: FilterResult, title: str = "filter") -> Any:
+    """A rich table: kept and rejected counts per reason."""
+    from rich.table import Table
+
+    total = len(result.kept) + len(result.rejected)
+    table = Table(title=title)
+    table.add_column("outcome")
+    table.add_column("records", justify="right")
+    table.add_column("share", justify="right")
+    rows = [("kept", len(result.kept)), *sorted(result.counts.items(), key=lambda kv: -kv[1])]
+    for name, n in rows:
+        table.add_row(name if name == "kept" else f"rejected: {name}", str(n), f"{n / max(total, 1):.1%}")
+    table.add_row("total", str(total), "", style="bold")
+    return table
