@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from huarizo.formats.cli import main
 from huarizo.formats.testing import ScriptedServer
+from huarizo.judge import AnswerConfig, GradeConfig
 from huarizo.judge.testing import prefer_longer
 
 
@@ -96,3 +100,14 @@ def test_bad_config_is_an_error_without_traceback(tmp_path, capsys) -> None:  # 
         == 1
     )
     assert "missing.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_shipped_configs_validate() -> None:
+    folder = Path(__file__).resolve().parents[3] / "configs" / "judge"
+    if not folder.is_dir():
+        pytest.skip("configs/judge not beside the package (installed alone)")
+    files = sorted(folder.glob("*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        cfg = (AnswerConfig if f.name.startswith("answer") else GradeConfig).load(f)
+        assert cfg.out.startswith("runs/judge/")

@@ -325,10 +325,12 @@ def test_garbage_response_body_is_an_error_not_a_verdict(tmp_path, vicuna) -> No
             tmp_path,
             questions=str(vicuna["questions"]),
             limit=4,
+            max_retries=1,
             answers=[str(vicuna["answer"]("alpaca-13b"))],
             baseline=str(vicuna["answer"](BASE)),
         )
         s = grade(cfg, progress=False).summary
     js = [json.loads(line) for line in (tmp_path / "out" / "judgments.jsonl").open()]
     assert [j["question_id"] for j in js if j["error"]] == ["3"]
+    assert next(j["error"] for j in js if j["error"]).startswith("request failed")
     assert s["errors"] == 1 and s["n"] == 3 and s["wins"] + s["losses"] + s["ties"] == 3
