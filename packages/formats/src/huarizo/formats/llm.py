@@ -9,6 +9,7 @@ twice. Tokens and cost are tracked (unknown models count tokens without cost).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -192,11 +193,15 @@ class LLMClient:
     async def _send(self, payload: dict[str, Any], h: str) -> LLMResponse:
         import litellm
 
+        litellm.suppress_debug_info = True
+        litellm.disable_aiohttp_transport = True  # its aiohttp sessions leak (warnings at exit); httpx does not
         kwargs: dict[str, Any] = {"model": self.model, "timeout": self.timeout, "num_retries": 0, **payload}
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self.api_key:
             kwargs["api_key"] = self.api_key
+        elif self.api_base and self.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
+            kwargs["api_key"] = "none"  # a local OpenAI-compatible server (huarizo serve, vLLM) needs no key
         call = litellm.atext_completion if self.mode == "completion" else litellm.acompletion
         result = await asyncio.wait_for(call(**kwargs), timeout=self.timeout + 5)
         choice = result.choices[0]
@@ -216,9 +221,23 @@ class LLMClient:
             model=self.model,
         )
 
+    async def aclose(self) -> None:
+        """Close litellm's pooled HTTP sessions of the running event loop (call before the loop ends)."""
+        import litellm
+
+        with contextlib.suppress(Exception):
+            await litellm.close_litellm_async_clients()
+
     def complete(self, content: str | Sequence[dict[str, str]], **params: Any) -> LLMResponse:
-        """Blocking form of `acomplete`."""
-        return asyncio.run(self.acomplete(content, **params))
+        """Blocking form of `acomplete` (runs its own event loop)."""
+
+        async def once() -> LLMResponse:
+            try:
+                return await self.acomplete(content, **params)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
 
 
 async def gather_bounded(

@@ -1,0 +1,161 @@
+"""LLMClient against a real loopback server (ScriptedServer) through the real litellm: retries, cache, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from huarizo.formats.llm import LLMClient, LLMError, gather_bounded, request_hash
+from huarizo.formats.testing import Reply, ScriptedServer, prompt_text
+
+
+def _client(server: ScriptedServer, tmp_path: Path | None = None, **kw: Any) -> LLMClient:
+    opts: dict[str, Any] = {"api_base": server.url, "api_key": "x", "backoff_base": 0.01, "max_retries": 3}
+    opts.update(kw)
+    return LLMClient("openai/teacher", cache_dir=tmp_path, **opts)
+
+
+def _faulty(faults: list[Reply]) -> tuple[Any, Counter[str]]:
+    """A script whose first replies to each prompt are the given faults, then 'ok: <prompt>'."""
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def script(req: dict[str, Any]) -> str | Reply:
+        p = prompt_text(req)
+        with lock:
+            k = seen[p]
+            seen[p] += 1
+        return faults[k] if k < len(faults) else f"ok: {p}"
+
+    return script, seen
+
+
+@pytest.mark.parametrize("fault", [Reply(status=429), Reply(status=500), Reply(status=503)], ids=["429", "500", "503"])
+def test_retries_transient_errors(fault: Reply) -> None:
+    script, seen = _faulty([fault, fault])
+    with ScriptedServer(script) as server:
+        client = _client(server)
+        resp = client.complete("hello", max_tokens=8)
+    assert resp.text == "ok: hello"
+    assert seen["hello"] == 3
+    assert client.usage.retries == 2 and client.usage.requests == 1
+
+
+def test_retries_timeouts() -> None:
+    script, seen = _faulty([Reply(text="late", delay=1.5)])
+    with ScriptedServer(script) as server:
+        client = _client(server, timeout=0.5)
+        resp = client.complete("slow?")
+    assert resp.text == "ok: slow?"
+    assert seen["slow?"] == 2 and client.usage.retries == 1
+
+
+def test_no_retry_on_400() -> None:
+    script, seen = _faulty([Reply(status=400)] * 5)
+    with ScriptedServer(script) as server:
+        client = _client(server)
+        with pytest.raises(LLMError, match="after 1 tries"):
+            client.complete("bad request")
+    assert seen["bad request"] == 1
+    assert client.usage.failures == 1 and client.usage.retries == 0
+
+
+def test_gives_up_after_max_retries() -> None:
+    script, seen = _faulty([Reply(status=500)] * 10)
+    with ScriptedServer(script) as server:
+        client = _client(server, max_retries=2)
+        with pytest.raises(LLMError, match="after 3 tries"):
+            client.complete("down")
+    assert seen["down"] == 3
+
+
+def test_cache_hit_makes_no_request(tmp_path: Path) -> None:
+    with ScriptedServer(lambda req: "cached answer") as server:
+        first = _client(server, tmp_path).complete("q", temperature=0.0)
+        again = _client(server, tmp_path).complete("q", temperature=0.0)  # a new client: only the disk is shared
+        assert len(server.requests) == 1
+        other = _client(server, tmp_path).complete("q", temperature=0.5)  # other parameters: another request
+        assert len(server.requests) == 2
+    assert not first.cached and again.cached and not other.cached
+    assert again.text == first.text and again.request_hash == first.request_hash
+    assert first.request_hash == request_hash(
+        "openai/teacher", {"messages": [{"role": "user", "content": "q"}], "temperature": 0.0}
+    )
+
+
+def test_concurrency_bound_respected() -> None:
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def script(req: dict[str, Any]) -> str:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+            if active >= 3:
+                release.set()
+        release.wait(timeout=2)
+        with lock:
+            active -= 1
+        return "done"
+
+    with ScriptedServer(script, latency=0.05) as server:
+        client = _client(server, concurrency=3)
+
+        async def main() -> list[Any]:
+            jobs = [lambda i=i: client.acomplete(f"job {i}") for i in range(12)]
+            return await gather_bounded(jobs)
+
+        results = asyncio.run(main())
+    assert [r.text for r in results] == ["done"] * 12
+    assert peak == 3 and client.max_in_flight == 3
+
+
+def test_completion_mode_sends_a_prompt() -> None:
+    with ScriptedServer(lambda req: " continued text") as server:
+        client = _client(server, mode="completion")
+        resp = client.complete("Task 1: write a poem\nTask 2:", max_tokens=16, stop=["\n"])
+        body = server.requests[0]
+    assert resp.text == " continued text" and resp.finish_reason == "stop"
+    assert "prompt" in body and "messages" not in body
+    assert body["stop"] == ["\n"] and body["max_tokens"] == 16
+    with pytest.raises(LLMError, match="prompt string"):
+        client.payload([{"role": "user", "content": "x"}])
+
+
+def test_garbage_reply_is_an_error_not_a_crash() -> None:
+    with ScriptedServer(lambda req: Reply(raw_body="<html>502 bad gateway</html>")) as server:
+        client = _client(server, max_retries=1)
+        with pytest.raises(LLMError):
+            client.complete("anything")
+        assert client.usage.failures == 1
+
+
+def test_malformed_text_is_returned_as_text() -> None:
+    junk = "}{ not json at all \x00 Task: ???"
+    with ScriptedServer(lambda req: junk) as server:
+        resp = _client(server).complete("x")
+    assert resp.text == junk
+
+
+def test_tokens_counted_and_unknown_model_costs_nothing() -> None:
+    with ScriptedServer(lambda req: "one two three") as server:
+        client = _client(server)
+        resp = client.complete("a b c d")
+    assert resp.completion_tokens == 3 and resp.prompt_tokens == 4
+    assert resp.cost is None and client.usage.unpriced == 1 and client.usage.cost == 0.0
+
+
+def test_known_model_is_priced_from_the_local_table() -> None:
+    with ScriptedServer(lambda req: "priced reply", model="gpt-4o-mini") as server:
+        client = LLMClient("openai/gpt-4o-mini", api_base=server.url, api_key="x")
+        resp = client.complete("a b c d", max_tokens=5)
+    assert resp.cost is not None and resp.cost > 0
+    assert client.usage.cost == pytest.approx(resp.cost)
