@@ -134,11 +134,19 @@ def resolve_model(ref: str | os.PathLike[str]) -> str:
     return ref
 
 
+def _cannot_load(ref: str | os.PathLike[str], exc: Exception) -> ModelError:
+    hint = " (a hub id needs a reachable model hub; use a local folder, a .gguf file, embedded or tiny)"
+    return ModelError(f"cannot load model {str(ref)!r}: {exc}" + ("" if Path(ref).exists() else hint))
+
+
 def load_tokenizer(ref: str | os.PathLike[str]) -> Any:
     """Load the tokenizer of a model reference."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(ref))
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(ref))
+    except OSError as exc:
+        raise _cannot_load(ref, exc) from None
 
 
 def load_causal_lm(
@@ -153,8 +161,13 @@ def load_causal_lm(
         torch_dtype = getattr(torch, dtype)
     except AttributeError as exc:
         raise ModelError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from exc
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but no CUDA GPU is visible to torch; use --device cpu")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+    except OSError as exc:
+        raise _cannot_load(ref, exc) from None
     _clear_quantizer(model)
     model.to(device)  # type: ignore[arg-type]
     return model.eval(), tokenizer

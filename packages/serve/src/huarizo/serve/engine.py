@@ -162,7 +162,7 @@ class RequestHandle:
 
 @dataclass
 class EngineStats:
-    """Live counters for /metrics."""
+    """Live counters for /metrics (`waiting` is the queue's length, `running` the batch's size)."""
 
     waiting: int = 0
     running: int = 0
@@ -226,8 +226,8 @@ class Engine:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(params.seed if params.seed is not None else int(torch.seed()) % (2**63))
         seq = _Seq(list(prompt_ids), params, sink, TextTracker(self.tokenizer, prompt_ids, params.stop), gen)
-        self.stats.waiting += 1
         self._queue.put(seq)
+        self.stats.waiting = self._queue.qsize()
         return RequestHandle(seq)
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generator[Event, None, None]:
@@ -274,11 +274,12 @@ class Engine:
                 if item is None:
                     stop = True
                     break
-                self.stats.waiting -= 1
+                self.stats.waiting = self._queue.qsize()
                 if item.cancelled.is_set():
                     self._finish(item, "cancelled")
                     continue
                 incoming.append(item)
+            self.stats.running = len(running) + len(incoming)
             if stop:
                 for seq in running + incoming:
                     self._finish(seq, "cancelled")
@@ -286,7 +287,6 @@ class Engine:
             try:
                 if incoming and running and not self._can_join(running, cache, incoming):
                     for seq in incoming:  # the sliding window forbids a join now: retry after this batch
-                        self.stats.waiting += 1
                         self._queue.put(seq)
                     incoming = []
                 if incoming:
@@ -306,6 +306,7 @@ class Engine:
                     self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
                 running, cache, mask = [], None, None
             self.stats.running = len(running)
+            self.stats.waiting = self._queue.qsize()
 
     def _can_join(self, running: list[_Seq], cache: Any, incoming: list[_Seq]) -> bool:
         if self.sliding_window is None:
