@@ -52,6 +52,16 @@ def test_serve_reports_a_bad_model_without_traceback(tmp_path: Path) -> None:
     assert "without config.json" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_serve_refuses_cuda_without_a_gpu(tiny_model_dir: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    cmd = [*HUARIZO, "serve", "--model", str(tiny_model_dir), "--device", "cuda"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    assert out.returncode == 1 and "no CUDA GPU" in out.stderr and "Traceback" not in out.stderr
+
+
 class Terminal:
     """A child process on a pseudo-terminal: write keys, read the screen until some text shows up."""
 

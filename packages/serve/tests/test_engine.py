@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from huarizo.formats.models import load_causal_lm
 from huarizo.formats.schemas import Conversation, Message
@@ -187,3 +189,21 @@ def test_template_stop_strings_end_chat_answers(lm: tuple[Any, Any]) -> None:
         assert (out.reason, out.text) == ("stop", text[:at])
     finally:
         engine.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(alphabet="ab #:\né", max_size=40),
+    stops=st.lists(st.text(alphabet="ab #:", min_size=1, max_size=4), max_size=3),
+)
+def test_tracker_output_is_the_text_cut_at_the_first_stop(tiny_tokenizer: Any, text: str, stops: list[str]) -> None:
+    tracker = TextTracker(tiny_tokenizer, tiny_tokenizer.encode("p"), stops)
+    sent = ""
+    for token in tiny_tokenizer.encode(text, add_special_tokens=False):
+        sent += tracker.add(token)
+        if tracker.stopped:
+            break
+    sent += tracker.flush()
+    cut = find_stop(text, stops)
+    assert sent == (text[:cut] if cut >= 0 else text)
+    assert tracker.stopped == (cut >= 0)

@@ -263,6 +263,7 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
     async def _respond(
         request: Request, req: _Sampling, prompts: list[list[int]], params: list[Any], chat: bool
     ) -> Response:
+        started = time.perf_counter()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         handles: list[RequestHandle] = []
@@ -287,7 +288,7 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         head = {"id": rid, "created": int(time.time()), "model": served.name}
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
-            gen = _stream(events, handles, head, chat=chat, include_usage=usage, metrics=metrics)
+            gen = _stream(events, handles, head, chat=chat, include_usage=usage, metrics=metrics, started=started)
             return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         finished = await _collect(request, events, handles)
         if any(f.reason == "error" for f in finished):
@@ -360,10 +361,10 @@ async def _stream(
     chat: bool,
     include_usage: bool,
     metrics: _Metrics,
+    started: float,
 ) -> AsyncIterator[str]:
     """SSE chunks in OpenAI's format, then `[DONE]`; if the client goes away, the sequences are cancelled."""
     obj = "chat.completion.chunk" if chat else "text_completion"
-    started = time.perf_counter()
     first = True
     finished: dict[int, Finished] = {}
 
