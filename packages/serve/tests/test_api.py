@@ -48,6 +48,7 @@ def test_completion_with_n_and_seed(server: RunningServer) -> None:
     again = c.completions.create(model="tiny-test", prompt="Once upon a time", max_tokens=6, n=3, temperature=1, seed=5)
     assert len(r.choices) == 3 and [ch.index for ch in r.choices] == [0, 1, 2]
     assert [ch.text for ch in r.choices] == [ch.text for ch in again.choices]
+    assert len({ch.text for ch in r.choices}) > 1, "the n choices of a seeded request are all the same"
     assert r.usage and r.usage.completion_tokens == 18
 
 
@@ -186,6 +187,10 @@ def test_invalid_bodies_get_400(server: RunningServer) -> None:
     assert r.status_code == 400 and "limit" in r.json()["error"]["message"]
     r = httpx.post(f"{server.base_url}/completions", json={"prompt": "hi", "echo": True})
     assert r.status_code == 400
+    r = httpx.post(f"{server.base_url}/completions", json={"prompt": [1, 2, 10**9], "max_tokens": 2})
+    assert r.status_code == 400 and "token ids" in r.json()["error"]["message"]
+    ok = httpx.post(f"{server.base_url}/completions", json={"prompt": [1, 20, 30], "max_tokens": 2, "top_p": None})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
     with pytest.raises(openai.BadRequestError):
         _client(server).completions.create(model="tiny-test", prompt="", max_tokens=3)
 

@@ -7,6 +7,7 @@ a 400 with OpenAI's error JSON; a client that goes away cancels its sequences, w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from huarizo.formats.errors import HuarizoError
 from huarizo.formats.schemas import Conversation, Message
 from huarizo.serve.config import ServeConfig
-from huarizo.serve.engine import Delta, EngineError, Event, Finished, RequestHandle
+from huarizo.serve.engine import Delta, EngineError, Event, Finished, RequestHandle, SamplingParams
 from huarizo.serve.model import ServedModel
 
 # ---- request bodies -------------------------------------------------------------------------------------------------
@@ -206,8 +207,8 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             raise APIError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise APIError(400, "request body must be a JSON object")
-        try:
-            return model.model_validate(data)
+        try:  # an explicit null means "the default", as OpenAI reads it
+            return model.model_validate({k: v for k, v in data.items() if v is not None})
         except ValidationError as exc:
             raise _validation_error(exc) from None
 
@@ -245,7 +246,7 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         except HuarizoError as exc:
             raise APIError(400, f"messages: {exc}", param="messages") from None
         params = sampling(req, len(ids), chat=True, max_tokens=req.max_completion_tokens or req.max_tokens)
-        return await _respond(request, req, [ids] * req.n, [params] * req.n, chat=True)
+        return await _respond(request, req, [ids] * req.n, _per_choice(params, req.n), chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -256,8 +257,16 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         prompts: list[Any] = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
         if not prompts or any(not x for x in prompts):
             raise APIError(400, "prompt: must not be empty", param="prompt")
-        all_ids = [served.completion_prompt(x) for x in prompts for _ in range(req.n)]
-        params = [sampling(req, len(ids), chat=False, max_tokens=req.max_tokens) for ids in all_ids]
+        vocab = served.vocab_size
+        if any(not 0 <= t < vocab for x in prompts if not isinstance(x, str) for t in x):
+            raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+        ids_of = [served.completion_prompt(x) for x in prompts]
+        all_ids = [ids for ids in ids_of for _ in range(req.n)]
+        params = [
+            p
+            for ids in ids_of
+            for p in _per_choice(sampling(req, len(ids), chat=False, max_tokens=req.max_tokens), req.n)
+        ]
         return await _respond(request, req, all_ids, params, chat=False)
 
     async def _respond(
@@ -309,6 +318,13 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         return JSONResponse({**head, "object": obj, "choices": choices, "usage": _usage(finished, chat)})
 
     return app
+
+
+def _per_choice(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """n choices of one prompt: with a seed, choice i samples with seed + i (so they differ, reproducibly)."""
+    if params.seed is None:
+        return [params] * n
+    return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
 
 
 def _usage(finished: list[Finished], chat: bool) -> dict[str, int]:

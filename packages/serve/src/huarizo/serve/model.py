@@ -57,6 +57,11 @@ class ServedModel:
         """The longest prompt + completion, in tokens."""
         return self.engine.max_model_len
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the model accepts."""
+        return int(self.engine.model.get_input_embeddings().num_embeddings)
+
     def chat_prompt(self, conv: Conversation) -> list[int]:
         """Token ids of the template's generation prompt for a conversation ending in a user turn."""
         tok = self.tokenizer
