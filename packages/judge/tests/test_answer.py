@@ -103,3 +103,25 @@ def test_unknown_layout_is_a_clear_cli_error(tmp_path: Path) -> None:
         main(["judge", "answer", "--model", "openai/x", "--questions", str(bad), "--out", str(tmp_path / "a.jsonl")])
         == 1
     )
+
+
+def test_template_sends_plain_prompts_for_base_models(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
+    from huarizo.formats.templates import get_template
+
+    with ScriptedServer(lambda req: " A plain answer.") as server:
+        cfg = AnswerConfig(
+            model="openai/base",
+            api_base=server.url,
+            api_key="x",
+            questions=str(vicuna["questions"]),
+            out=str(tmp_path / "a.jsonl"),
+            cache_dir=str(tmp_path / "cache"),
+            limit=2,
+            template="alpaca",
+        )
+        answer(cfg, progress=False)
+        req = next(r for r in server.requests if "time management" in r["prompt"])
+    assert "messages" not in req and "### Instruction:\nHow can I improve my time management skills?" in req["prompt"]
+    assert req["prompt"].endswith("### Response:") and req["stop"] == get_template("alpaca").stop_strings()
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").open()]
+    assert [r["choices"][0]["turns"] for r in rows] == [["A plain answer."], ["A plain answer."]]

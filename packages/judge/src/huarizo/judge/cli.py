@@ -63,9 +63,11 @@ def _grade(args: argparse.Namespace) -> int:
     s = result.summary
     if cfg.mode == "pairwise":
         for p in s["pairs"]:
-            wr, ci = p["win_rate"], p["win_rate_ci"]
+            rate = (
+                "n/a" if p["win_rate"] is None else "{:.3f} [{:.3f}, {:.3f}]".format(p["win_rate"], *p["win_rate_ci"])
+            )
             print(
-                f"{p['model']} vs {p['opponent']}: win rate {wr:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                f"{p['model']} vs {p['opponent']}: win rate {rate} "
                 f"({p['wins']}W {p['ties']}T {p['losses']}L, {p['errors']} errors)"
             )
     else:
