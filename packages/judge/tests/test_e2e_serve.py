@@ -118,3 +118,42 @@ def test_two_served_tiny_models_answer_and_are_judged(tmp_path, vicuna, tiny_mod
     losses = sum(len(a[q]) < len(b[q]) for q in a)
     assert (s["n"], s["wins"], s["losses"], s["ties"]) == (4, wins, losses, 4 - wins - losses)
     assert (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_embedded_model_answers_mt_bench_turn_by_turn(tmp_path, shared_data) -> None:  # type: ignore[no-untyped-def]
+    """The embedded Gemma 3 270M behind `huarizo serve` answers two MT-bench questions (two turns each); graded."""
+    from huarizo.formats.models import resolve_model
+    from huarizo.judge.testing import shown_answer
+
+    qs = shared_data / "fastchat/mt_bench/question.jsonl"
+    out = tmp_path / "embedded.jsonl"
+    with served(Path(resolve_model("embedded")), "gemma", tmp_path / "serve.log") as url:
+        cfg = AnswerConfig(
+            model="openai/gemma",
+            api_base=url,
+            api_key="none",
+            questions=str(qs),
+            out=str(out),
+            limit=2,
+            max_tokens=24,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        assert answer(cfg, progress=False).requests == 4
+    rows = [json.loads(line) for line in out.open()]
+    assert len(rows) == 2 and all(len(r["choices"][0]["turns"]) == 2 for r in rows)
+    with ScriptedServer(lambda req: f"Rating: [[{1 + len(shown_answer(req)) % 10}]]") as judge:
+        s = grade(
+            GradeConfig(
+                mode="single",
+                questions=str(qs),
+                answers=[str(out)],
+                judge="openai/judge",
+                api_base=judge.url,
+                api_key="x",
+                cache_dir=str(tmp_path / "cache"),
+                out=str(tmp_path / "grade"),
+            ),
+            progress=False,
+        ).summary
+    assert s["models"]["gemma"]["n"] == 4 and set(s["models"]["gemma"]["by_turn"]) == {"1", "2"}
