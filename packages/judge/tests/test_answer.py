@@ -125,3 +125,36 @@ def test_template_sends_plain_prompts_for_base_models(tmp_path, vicuna) -> None:
     assert req["prompt"].endswith("### Response:") and req["stop"] == get_template("alpaca").stop_strings()
     rows = [json.loads(line) for line in (tmp_path / "a.jsonl").open()]
     assert [r["choices"][0]["turns"] for r in rows] == [["A plain answer."], ["A plain answer."]]
+
+
+def test_failed_questions_are_reported_and_answered_on_rerun(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from huarizo.formats.errors import HuarizoError
+    from huarizo.formats.testing import Reply
+
+    broken = {"on": True}
+
+    def flaky(req: dict[str, Any]) -> str | Reply:
+        if broken["on"] and "Python and JavaScript" in req["messages"][-1]["content"]:
+            return Reply(status=400)  # not retryable: fails at once
+        return echo(req)
+
+    out = tmp_path / "a.jsonl"
+    with ScriptedServer(flaky) as server:
+        cfg = AnswerConfig(
+            model="openai/m",
+            api_base=server.url,
+            api_key="x",
+            questions=str(vicuna["questions"]),
+            out=str(out),
+            cache_dir=str(tmp_path / "cache"),
+            limit=6,
+        )
+        with pytest.raises(HuarizoError, match=r"1 questions failed \(rerun to retry them"):
+            answer(cfg, progress=False)
+        assert sorted(json.loads(line)["question_id"] for line in out.open()) == ["1", "2", "4", "5", "6"]
+        broken["on"] = False
+        usage = answer(cfg, progress=False)
+        assert usage.requests == 1  # only the failed question is asked again
+    assert sorted(json.loads(line)["question_id"] for line in out.open()) == ["1", "2", "3", "4", "5", "6"]

@@ -334,3 +334,22 @@ def test_garbage_response_body_is_an_error_not_a_verdict(tmp_path, vicuna) -> No
     assert [j["question_id"] for j in js if j["error"]] == ["3"]
     assert next(j["error"] for j in js if j["error"]).startswith("request failed")
     assert s["errors"] == 1 and s["n"] == 3 and s["wins"] + s["losses"] + s["ties"] == 3
+
+
+def test_pairwise_multi_turn_judges_each_turn(tmp_path, shared_data) -> None:  # type: ignore[no-untyped-def]
+    qs = shared_data / "fastchat/mt_bench/question.jsonl"
+    files = [_mt_answers(tmp_path, qs, "short", "x"), _mt_answers(tmp_path, qs, "long", "xx")]
+    seen: list[dict[str, Any]] = []
+
+    def judge(req: dict[str, Any]) -> str:
+        seen.append(req)
+        return prefer_longer(req)
+
+    with ScriptedServer(judge) as server:
+        cfg = _cfg(server, tmp_path, questions=str(qs), limit=5, answers=[str(files[0])], baseline=str(files[1]))
+        s = grade(cfg, progress=False).summary
+    assert len(seen) == 5 * 2 * 2  # five questions, two turns, both orders
+    # turn 1: "short ...: x" and "long ...: xx" have the same length (ties); turn 2: the longer one wins
+    assert (s["n"], s["ties"], s["losses"]) == (10, 5, 5)
+    turn2 = [r["messages"][-1]["content"] for r in seen if "### User (turn 2)" in r["messages"][-1]["content"]]
+    assert len(turn2) == 10 and all("reply 1 to" in t and "reply 2 to" in t for t in turn2)
