@@ -129,7 +129,7 @@ def tabular_reasons(
         if cfg.enabled("empty-output"):
             empty = pl.col("output").str.strip_chars() == ""
             reason = pl.when(empty).then(pl.lit("empty-output")).otherwise(reason)
-    return df.select(reason.alias("reason"))["reason"].to_list()
+    return df.with_columns(reason.alias("reason"))["reason"].to_list()
 
 
 @dataclass

@@ -465,6 +465,7 @@ def _usage_snapshot(client: LLMClient) -> dict[str, Any]:
     return {
         "requests": u.requests,
         "cached": u.cached,
+        "retries": u.retries,
         "failures": u.failures,
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
