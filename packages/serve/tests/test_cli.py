@@ -172,3 +172,26 @@ def test_chat_ctrl_c_exits_cleanly(chat: Terminal) -> None:
     chat.send("\x03")  # Ctrl-C
     chat.expect("bye")
     assert chat.proc.wait(timeout=30) == 0
+
+
+def test_vllm_backend(tiny_model_dir: Path) -> None:
+    """`--backend vllm` hands the same model, keys and Huarizo's template to vLLM's server (or says it is missing)."""
+    import importlib.util
+
+    from huarizo.serve import ServeConfig
+    from huarizo.serve.server import vllm_command
+
+    cfg = ServeConfig(model=str(tiny_model_dir), port=9001, api_keys=["k"], model_name="m", backend="vllm")
+    cmd = vllm_command(cfg, "/tmp/t.jinja")
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    pairs = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert pairs["--model"] == str(tiny_model_dir) and pairs["--served-model-name"] == "m"
+    assert pairs["--api-key"] == "k" and pairs["--chat-template"] == "/tmp/t.jinja" and pairs["--port"] == "9001"
+    if importlib.util.find_spec("vllm") is None:
+        out = subprocess.run(
+            [*HUARIZO, "serve", "--model", str(tiny_model_dir), "--backend", "vllm"],
+            capture_output=True,
+            text=True,
+            env=ENV,
+        )
+        assert out.returncode == 1 and "needs vLLM" in out.stderr
