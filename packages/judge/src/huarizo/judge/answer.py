@@ -9,7 +9,6 @@ model's own earlier replies. Every request is cached by its hash, so a rerun pay
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -50,46 +49,9 @@ def default_cache() -> str:
     return str(huarizo_cache() / "llm")
 
 
-def _retryable(exc: BaseException) -> bool:
-    import litellm
-
-    retry = (
-        litellm.exceptions.RateLimitError,
-        litellm.exceptions.Timeout,
-        litellm.exceptions.APIConnectionError,
-        litellm.exceptions.InternalServerError,
-        litellm.exceptions.ServiceUnavailableError,
-        asyncio.TimeoutError,
-    )
-    status = getattr(exc, "status_code", None)
-    return isinstance(exc, retry) or (isinstance(status, int) and (status == 429 or status >= 500))
-
-
-class _Client(LLMClient):
-    """`LLMClient` with its retry loop's error check working (formats 0.1.0 raises TypeError on `tuple | type`
-    in `_retryable`, so no error was ever retried); drop once formats is fixed."""
-
-    async def _send_with_retries(self, payload: dict[str, Any], h: str) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return await self._send(payload, h)
-            except Exception as exc:
-                if not _retryable(exc) or attempt >= self.max_retries:
-                    self.usage.failures += 1
-                    raise LLMError(f"{self.model}: request failed after {attempt + 1} tries: {exc}") from exc
-                delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
-                attempt += 1
-                self.usage.retries += 1
-                await asyncio.sleep(delay)
-
-
 def make_client(cfg: Any, model: str, mode: str = "chat") -> LLMClient:
     """An `LLMClient` from a config's api_base / api_key / concurrency / cache_dir / max_retries."""
-    import litellm
-
-    litellm.suppress_debug_info = True  # no "Provider List" banner when the cost of a local model is unknown
-    return _Client(
+    return LLMClient(
         model=model,
         api_base=cfg.api_base,
         api_key=cfg.api_key,
@@ -164,8 +126,11 @@ async def _run(
         app.append([rec])  # one whole line per question, written as soon as it is complete
         bar.update(1)
 
-    await asyncio.gather(*(job(q) for q in todo))
-    bar.close()
+    try:
+        await asyncio.gather(*(job(q) for q in todo))
+    finally:
+        bar.close()
+        await client.aclose()
     if failures:
         raise HuarizoError(
             f"{len(failures)} questions failed (rerun to retry them; the others are saved):\n  "

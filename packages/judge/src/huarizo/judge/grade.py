@@ -193,9 +193,11 @@ async def _run(cfg: GradeConfig, client: LLMClient, jobs: list[Callable[[], Any]
         bar.update(1)
         return out
 
-    results = list(await asyncio.gather(*(run(j) for j in jobs)))
-    bar.close()
-    return results
+    try:
+        return list(await asyncio.gather(*(run(j) for j in jobs)))
+    finally:
+        bar.close()
+        await client.aclose()
 
 
 def grade(cfg: GradeConfig, *, progress: bool = True) -> GradeResult:

@@ -355,6 +355,7 @@ def make_plots(out: Path, s: dict[str, Any]) -> list[str]:
             ax.barh(labels, vals, left=left, color=color, label=key)
             left += vals
         ax.set_xlim(0, 1)
+        ax.invert_yaxis()  # the first pair on top, as in the report's table
         ax.set_xlabel("fraction of comparisons")
         ax.legend(loc="lower right", fontsize=8)
         ax.set_title("Win / tie / loss")
@@ -370,6 +371,7 @@ def make_plots(out: Path, s: dict[str, Any]) -> list[str]:
         ax.axvline(0.5, color="gray", lw=0.8, ls="--")
         ax.set_yticks(y, labels)
         ax.set_xlim(0, 1)
+        ax.invert_yaxis()
         ax.legend(fontsize=8)
         ax.set_title("Win rate")
         save(fig, "win_rate.png")
