@@ -15,11 +15,9 @@ os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 def real_instructions(shared: Path) -> list[str]:
     """Every instruction in ../shared/data: seed tasks, user-oriented, Alpaca-format samples, AlpacaEval (~2,200)."""
-    out = [json.loads(line)["instruction"] for line in open(shared / "stanford_alpaca/seed_tasks.jsonl")]
-    out += [
-        json.loads(line)["instruction"]
-        for line in open(shared / "self_instruct/human_eval/user_oriented_instructions.jsonl")
-    ]
+    out = []
+    for name in ("stanford_alpaca/seed_tasks.jsonl", "self_instruct/human_eval/user_oriented_instructions.jsonl"):
+        out += [json.loads(line)["instruction"] for line in (shared / name).read_text().splitlines()]
     out += [
         r["instruction"]
         for r in json.loads((shared / "alpaca_format_samples/llamafactory_alpaca_en_demo.json").read_text())

@@ -38,8 +38,20 @@ def test_each_check_rejects_with_its_reason() -> None:
     result = RecordFilter(FilterConfig()).filter(RECORDS)
     reasons = {id(r.record): r.reason for r in result.rejected}
     got = [reasons.get(id(r), "kept") for r in RECORDS]
-    assert got == ["keywords", "length", "start", "start", "empty-output", "kept", "duplicate", "conflict", "conflict",
-                   "kept", "rouge", "kept"]  # fmt: skip
+    assert got == [
+        "keywords",
+        "length",
+        "start",
+        "start",
+        "empty-output",
+        "kept",
+        "duplicate",
+        "conflict",
+        "conflict",
+        "kept",
+        "rouge",
+        "kept",
+    ]
     rouge = next(r for r in result.rejected if r.reason == "rouge")
     assert "ROUGE-L" in rouge.detail and "refrigerator" in rouge.detail
     assert result.counts == {

@@ -165,7 +165,7 @@ def test_teacher_down_stops_with_a_clear_error_and_resumes(tmp_path: Path) -> No
     down = True
     with ScriptedServer(lambda req: Reply(status=503) if down else scripted_teacher(req)) as server:
         out = tmp_path / "run"
-        with pytest.raises(HuarizoError, match="every request.*rerun"):
+        with pytest.raises(HuarizoError, match=r"every request.*rerun"):
             run(_cfg(server, out, "num_records=10", "teacher.max_retries=1"))
         assert (out / "records.jsonl").read_text() == ""
         down = False
@@ -174,8 +174,13 @@ def test_teacher_down_stops_with_a_clear_error_and_resumes(tmp_path: Path) -> No
 
 def test_kill_9_resumes_without_loss_duplicates_or_paying_twice(tmp_path: Path) -> None:
     """A subprocess is killed with SIGKILL mid-run, then rerun; the result equals an uninterrupted run."""
-    settings = {"num_records": 80, "requests_per_round": 2, "progress": False,
-                "alpaca": {"tasks_per_request": 5}, "teacher": {"model": "openai/teacher", "concurrency": 2}}  # fmt: skip
+    settings = {
+        "num_records": 80,
+        "requests_per_round": 2,
+        "progress": False,
+        "alpaca": {"tasks_per_request": 5},
+        "teacher": {"model": "openai/teacher", "concurrency": 2},
+    }
 
     def config(server: ScriptedServer, out: Path) -> Path:
         data = {**settings, "output_dir": str(out), "teacher": {**settings["teacher"], "api_base": server.url}}  # type: ignore[dict-item]
