@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,19 +192,99 @@ def test_template_stop_strings_end_chat_answers(lm: tuple[Any, Any]) -> None:
         engine.close()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None)
 @given(
     text=st.text(alphabet="ab #:\né", max_size=40),
     stops=st.lists(st.text(alphabet="ab #:", min_size=1, max_size=4), max_size=3),
 )
 def test_tracker_output_is_the_text_cut_at_the_first_stop(tiny_tokenizer: Any, text: str, stops: list[str]) -> None:
+    """Sent text + flush == the text at the first token where a stop string shows up, cut at that stop."""
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    expected, stopped = text, False
+    for k in range(1, len(ids) + 1):
+        seen = tiny_tokenizer.decode(ids[:k])
+        if find_stop(seen, stops) >= 0:
+            expected, stopped = seen[: find_stop(seen, stops)], True
+            break
     tracker = TextTracker(tiny_tokenizer, tiny_tokenizer.encode("p"), stops)
     sent = ""
-    for token in tiny_tokenizer.encode(text, add_special_tokens=False):
+    for token in ids:
         sent += tracker.add(token)
         if tracker.stopped:
             break
-    sent += tracker.flush()
-    cut = find_stop(text, stops)
-    assert sent == (text[:cut] if cut >= 0 else text)
-    assert tracker.stopped == (cut >= 0)
+    assert sent + tracker.flush() == expected
+    assert tracker.stopped == stopped
+
+
+@pytest.fixture(scope="module")
+def sliding_lm(tiny_tokenizer: Any) -> tuple[Any, Any]:
+    """A tiny random Gemma 3 with a sliding window of 8 tokens on every other layer (like the embedded model's)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        max_position_embeddings=512,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        bos_token_id=tiny_tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():  # larger weights than the init, so greedy answers vary instead of repeating one token
+        for p in model.parameters():
+            p.mul_(4.0)
+    return model, tiny_tokenizer
+
+
+def test_sliding_window_model_batches_exactly(sliding_lm: tuple[Any, Any]) -> None:
+    """Joining and trimming a hybrid sliding-window cache gives the same greedy answers as decoding alone."""
+    import torch
+
+    model, tok = sliding_lm
+    engine = Engine(model, tok, max_batch_size=8)
+    try:
+        ids = [tok.encode(p) for p in PROMPTS]
+        params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+        alone = [engine.generate(i, params).text for i in ids]
+        want = model.generate(
+            torch.tensor([ids[3]]),
+            attention_mask=torch.ones(1, len(ids[3]), dtype=torch.long),
+            max_new_tokens=20,
+            min_new_tokens=20,
+            do_sample=False,
+        )
+        assert alone[3] == tok.decode(want[0][len(ids[3]) :], skip_special_tokens=True)
+        results: list[str] = [""] * len(ids)
+
+        def run(k: int) -> None:
+            params_k = dataclasses.replace(params, max_tokens=20 - k)
+            results[k] = engine.generate(ids[k], params_k).text
+
+        long_params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+        long_alone = engine.generate(ids[3], long_params).text
+        steps = engine.stats.steps
+        long_stream = engine.stream(ids[3], long_params)
+        next(long_stream)  # a sequence already past the window is decoding when the others arrive
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(len(ids))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        long_done = [ev for ev in long_stream if isinstance(ev, Finished)]
+        assert long_done[-1].text == long_alone
+        assert engine.stats.steps - steps < 60 + 15, "the requests waited for the long one instead of joining it"
+        for k in range(len(ids)):
+            single = engine.generate(ids[k], dataclasses.replace(params, max_tokens=20 - k)).text
+            assert results[k] == single, f"prompt {k}"
+        assert len(set(alone)) > 3 and max(engine.stats.batch_sizes) > 2
+    finally:
+        engine.close()

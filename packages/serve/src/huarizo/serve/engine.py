@@ -192,9 +192,13 @@ class Engine:
         cfg = getattr(model.config, "get_text_config", lambda: model.config)()
         ctx = getattr(cfg, "max_position_embeddings", None) or 2048
         self.max_model_len = min(max_model_len or ctx, ctx)
-        self.sliding_window = (
-            getattr(cfg, "sliding_window", None) if "sliding" in str(getattr(cfg, "layer_types", "")) else None
-        )
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+        # Joining and trimming caches is done for full-attention and sliding-window layers; a model whose cache has
+        # other kinds of layers is batched in waves instead (new requests wait until the running batch drains).
+        kinds = {type(layer) for layer in DynamicCache(config=model.config).layers}
+        self.can_join = kinds <= {DynamicLayer, DynamicSlidingWindowLayer}
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
         if tokenizer.eos_token_id is not None:
@@ -285,8 +289,8 @@ class Engine:
                     self._finish(seq, "cancelled")
                 return
             try:
-                if incoming and running and not self._can_join(running, cache, incoming):
-                    for seq in incoming:  # the sliding window forbids a join now: retry after this batch
+                if incoming and running and not self.can_join:
+                    for seq in incoming:  # this cache cannot be joined: retry once the batch has drained
                         self._queue.put(seq)
                     incoming = []
                 if incoming:
@@ -307,12 +311,6 @@ class Engine:
                 running, cache, mask = [], None, None
             self.stats.running = len(running)
             self.stats.waiting = self._queue.qsize()
-
-    def _can_join(self, running: list[_Seq], cache: Any, incoming: list[_Seq]) -> bool:
-        if self.sliding_window is None:
-            return True
-        longest = max(len(s.prompt_ids) for s in incoming)
-        return max(cache_length(cache), longest) < self.sliding_window - 1
 
     def _prefill(self, seqs: list[_Seq]) -> tuple[Any, Any]:
         torch = self.torch
@@ -408,11 +406,14 @@ class Engine:
         idx = self.torch.tensor(keep, device=self.device)
         mask = mask[idx]
         start = int((mask.sum(0) > 0).nonzero()[0])  # leading columns no sequence uses any more
-        trim = start if self.sliding_window is None or cache_length(cache) < self.sliding_window - 1 else 0
+        trim = start if self.can_join else 0
+        width = mask.shape[1] - trim
         for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[idx, :, trim:], layer.values[idx, :, trim:]
+            # a full layer holds every column of the mask; a sliding one the last min(width, window - 1) of them
+            n = min(width, layer.keys.shape[2])
+            layer.keys, layer.values = layer.keys[idx, :, -n:], layer.values[idx, :, -n:]
             if hasattr(layer, "cumulative_length"):
-                layer.cumulative_length -= trim
+                layer.cumulative_length = width
         return [running[i] for i in keep], cache, mask[:, trim:]
 
     def _join(self, cache: Any, mask: Any, new_cache: Any, new_mask: Any) -> tuple[Any, Any]:
@@ -426,16 +427,14 @@ class Engine:
             shape[2] = n
             return torch.cat([t.new_zeros(shape), t], dim=2)
 
-        a, b = width - mask.shape[1], width - new_mask.shape[1]
         for old, new in zip(cache.layers, new_cache.layers, strict=True):
+            # full layers: pad both to the common width; sliding layers keep at most window - 1 columns
+            n = width if not getattr(old, "is_sliding", False) else min(width, old.sliding_window - 1)
+            a, b = n - old.keys.shape[2], n - new.keys.shape[2]
             old.keys = torch.cat([pad(old.keys, a), pad(new.keys, b)], dim=0)
             old.values = torch.cat([pad(old.values, a), pad(new.values, b)], dim=0)
             if hasattr(old, "cumulative_length"):
                 old.cumulative_length = width
+        a, b = width - mask.shape[1], width - new_mask.shape[1]
         mask = torch.cat([torch.nn.functional.pad(mask, (a, 0)), torch.nn.functional.pad(new_mask, (b, 0))], dim=0)
         return cache, mask
-
-
-def cache_length(cache: Any) -> int:
-    """The time length of a KV cache (as its layers count it)."""
-    return int(cache.get_seq_length())
