@@ -57,3 +57,26 @@ def test_embedded_engine_matches_transformers_generate(embedded: RunningServer) 
         model="embedded", prompt="Three facts about the Moon:", max_tokens=24, temperature=0
     )
     assert got.choices[0].text == want_text
+
+
+def test_embedded_batches_past_the_sliding_window_exactly(embedded: RunningServer) -> None:
+    """Gemma 3's 512-token sliding window: a long prompt and short ones batched together decode as they do alone."""
+    import threading
+
+    client = openai.OpenAI(base_url=embedded.base_url, api_key="none", max_retries=0)
+    story = " ".join(f"On day {d} the traveller walked to the next village and wrote a note." for d in range(60))
+    prompts = [story + "\nSummary:", "The three primary colours are", "A haiku about rain:", "def fibonacci(n):"]
+
+    def ask(p: str) -> str:
+        r = client.completions.create(model="embedded", prompt=p, max_tokens=12, temperature=0)
+        return r.choices[0].text
+
+    alone = [ask(p) for p in prompts]
+    together = [""] * len(prompts)
+    threads = [threading.Thread(target=lambda k=k: together.__setitem__(k, ask(prompts[k]))) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(embedded.served.tokenizer.encode(story)) > 512
+    assert together == alone
