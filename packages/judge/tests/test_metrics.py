@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_EVALUATE_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
+from huarizo.judge import metric_path
 
 evaluate = pytest.importorskip("evaluate")
 
-from huarizo.judge import metric_path  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub: the modules must load from their folders alone."""
+    for var in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
 
 
 def test_rouge_l_matches_rouge_score_on_self_instruct(shared_data) -> None:  # type: ignore[no-untyped-def]
