@@ -100,8 +100,8 @@ async def _ask(
     replies: list[str] = []
     for attempt in range(cfg.parse_retries + 1):
         params: dict[str, Any] = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
-        if attempt:
-            params.update(temperature=max(cfg.retry_temperature, cfg.temperature), seed=attempt)
+        if attempt:  # a new request: the cache must not return the same reply; judges without `seed` drop it
+            params.update(temperature=max(cfg.retry_temperature, cfg.temperature), seed=attempt, drop_params=True)
         try:
             resp = await client.acomplete(messages, **params)
         except LLMError as exc:
