@@ -26,7 +26,11 @@ def _huarizo(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("optim.lrr=1e-4", "optim.lrr"), ("deepspeed.stage=5", "deepspeed.stage"), ("batching.mode=zigzag", "batching.mode")],
+    [
+        ("optim.lrr=1e-4", "optim.lrr"),
+        ("deepspeed.stage=5", "deepspeed.stage"),
+        ("batching.mode=zigzag", "batching.mode"),
+    ],
 )
 def test_bad_config_names_the_key(override: str, key: str) -> None:
     proc = _huarizo("train", str(TINY_CPU), "--set", override)
@@ -46,8 +50,14 @@ def test_bad_config_file_names_file_and_key(tmp_path: Path) -> None:
 
 
 def test_missing_data_file_is_named(tmp_path: Path) -> None:
-    proc = _huarizo("train", str(TINY_CPU), "--set", f"data.files=[{tmp_path / 'nope.json'}]",
-                    "--set", f"output_dir={tmp_path / 'out'}")
+    proc = _huarizo(
+        "train",
+        str(TINY_CPU),
+        "--set",
+        f"data.files=[{tmp_path / 'nope.json'}]",
+        "--set",
+        f"output_dir={tmp_path / 'out'}",
+    )
     assert proc.returncode == 1 and "nope.json: no such file" in proc.stderr
 
 
@@ -70,7 +80,7 @@ def test_dry_run_cli_prints_size_and_memory() -> None:
 
 
 def test_unknown_hub_model_dry_run_asks_for_an_architecture() -> None:
-    with pytest.raises(Exception, match="model.architecture"):
+    with pytest.raises(Exception, match=r"model\.architecture"):
         dry_run(TrainConfig.load(None, ["model.ref=someone/unknown-model"]))
 
 

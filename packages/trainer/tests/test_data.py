@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def _segments(batch: dict[str, torch.Tensor], r: int) -> list[tuple[int, int]]:
     """(start, end) of each sample in row r, from the position ids the model sees."""
     pos = batch["position_ids"][r].tolist()
     starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
-    return list(zip(starts[:-1], starts[1:], strict=True))
+    return list(itertools.pairwise(starts))
 
 
 @pytest.mark.parametrize(
@@ -83,6 +84,8 @@ def test_schedule_is_deterministic_and_disjoint_across_ranks() -> None:
     kw = {"world_size": 2, "grad_accum": 2, "epochs": 2, "max_steps": None, "seed": 3}
     a, b = Schedule.build(lengths, cfg, 64, **kw), Schedule.build(lengths, cfg, 64, **kw)  # type: ignore[arg-type]
     assert a.steps == b.steps
-    first_epoch = [i for step in a.steps[: a.steps_per_epoch] for rank in step for mb in rank for row in mb for i in row]
+    first_epoch = [
+        i for step in a.steps[: a.steps_per_epoch] for rank in step for mb in rank for row in mb for i in row
+    ]
     assert len(first_epoch) == len(set(first_epoch))  # no sample twice within an epoch, across ranks
     assert len(a.steps) == 2 * a.steps_per_epoch

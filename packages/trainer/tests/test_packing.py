@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from huarizo.formats import IGNORE_INDEX
 from huarizo.trainer import DataConfig, SFTModel, collate, load_samples
+from huarizo.trainer.model import use_varlen_attention
 
 DATA = Path(__file__).resolve().parents[3] / "configs" / "train" / "data" / "tiny-alpaca.json"
 
@@ -22,9 +24,12 @@ def _only(batch: dict[str, torch.Tensor], a: int, b: int) -> dict[str, torch.Ten
     return out
 
 
-def test_packed_per_sample_loss_equals_unpacked(tiny_model_dir: Path, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("attn", ["sdpa", "varlen"])
+def test_packed_per_sample_loss_equals_unpacked(tiny_model_dir: Path, tiny_tokenizer, attn: str) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = SFTModel(AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")).eval()
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    assert attn == "sdpa" or use_varlen_attention(lm)
+    model = SFTModel(lm).eval()
     samples, _, _ = load_samples(DataConfig(files=[DATA], max_length=256), tiny_tokenizer, seed=0)
     picked = [0, 9, 17, 30]
     packed = collate([picked], samples, tiny_tokenizer.pad_token_id, packed=True)

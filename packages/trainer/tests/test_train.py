@@ -37,8 +37,9 @@ def _assert_serves_alpaca(final: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(final)
     assert template_for_tokenizer(tok).name == "alpaca"
     conv = Conversation(messages=[Message(role="user", content="What is the capital of Peru?")])
-    prompt = tok.apply_chat_template([{"role": "user", "content": conv.messages[0].content}], tokenize=False,
-                                     add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": conv.messages[0].content}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt == get_template("alpaca").generation_prompt(conv, eos=tok.eos_token, bos=tok.bos_token)
     assert model.generation_config.eos_token_id == tok.eos_token_id
     ids = tok(prompt, return_tensors="pt").input_ids
@@ -113,7 +114,13 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(run_train: RunTrai
 
 def test_lora_trains_and_merges(run_train: RunTrain, base_config: dict[str, Any], tiny_model_dir: Path) -> None:
     cfg = dict(base_config)
-    cfg["lora"] = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}
+    cfg["lora"] = {
+        "enabled": True,
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj", "up_proj"],
+    }
     cfg["optim"] = cfg["optim"] | {"lr": 3e-2, "epochs": 4}
     run_train(cfg)
     out = Path(cfg["output_dir"])
@@ -128,9 +135,20 @@ def test_lora_trains_and_merges(run_train: RunTrain, base_config: dict[str, Any]
     target = out / "merged-by-cli"
     huarizo = str(Path(sys.executable).parent / "huarizo")
     proc = subprocess.run(
-        [huarizo, "train", "merge-lora", "--base", str(tiny_model_dir), "--adapter", str(out / "adapter"),
-         "--target", str(target)],
-        env=train_env(), capture_output=True, text=True,
+        [
+            huarizo,
+            "train",
+            "merge-lora",
+            "--base",
+            str(tiny_model_dir),
+            "--adapter",
+            str(out / "adapter"),
+            "--target",
+            str(target),
+        ],
+        env=train_env(),
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     by_cli = _weights(target)
@@ -144,9 +162,23 @@ def test_tiny_cpu_recipe_contract(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     huarizo = str(Path(sys.executable).parent / "huarizo")
     proc = subprocess.run(
-        [huarizo, "train", str(REPO / "configs/train/tiny-cpu.yaml"), "--set", f"data.files=[{data}]",
-         "--set", f"output_dir={out}", "--set", "optim.max_steps=30", "--set", "output.progress=false"],
-        env=train_env(HUARIZO_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=300,
+        [
+            huarizo,
+            "train",
+            str(REPO / "configs/train/tiny-cpu.yaml"),
+            "--set",
+            f"data.files=[{data}]",
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            "optim.max_steps=30",
+            "--set",
+            "output.progress=false",
+        ],
+        env=train_env(HUARIZO_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(out)

@@ -23,8 +23,9 @@ class ModelConfig(_Section):
     """Where the tokenizer comes from (default: `ref`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     """Weights' dtype during training; `bfloat16` turns on DeepSpeed's bf16 mode (fp32 master weights)."""
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    """`auto`: flash_attention_2 when installed and on CUDA, else sdpa."""
+    attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """`auto`: flash_attention_2 when installed and on CUDA; else `varlen` (sdpa run sample by sample within each
+    packed row) for plain causal models; else sdpa (with a block-diagonal mask for packed rows)."""
     gradient_checkpointing: bool = False
     config_overrides: dict[str, Any] = Field(default_factory=dict)
     """Fields set on the model's config before it is built (e.g. `max_position_embeddings`)."""
@@ -37,7 +38,7 @@ class DataFile(_Section):
     """One training file and its mixing weight."""
 
     path: Path
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(default=1.0, gt=0)
     """Sampling weight: 2.0 repeats every record twice per epoch, 0.5 keeps a seeded half."""
     format: str = "auto"
     template: str | None = None
@@ -52,8 +53,8 @@ class DataConfig(_Section):
     template: str = "alpaca"
     """Prompt template (`huarizo.formats.list_templates()`); `mixed` / `mixed:SEED` is Self-Instruct style layout
     augmentation (one seeded layout per record)."""
-    max_length: int = Field(512, ge=8)
-    eval_fraction: float = Field(0.0, ge=0, lt=1)
+    max_length: int = Field(default=512, ge=8)
+    eval_fraction: float = Field(default=0.0, ge=0, lt=1)
     """Share of the records held out for eval loss."""
 
     @field_validator("files", mode="before")
@@ -72,7 +73,7 @@ class BatchingConfig(_Section):
     mode: Literal["packed", "grouped", "padded"] = "packed"
     """`packed`: several samples per row, positions reset per sample and attention kept within each sample;
     `grouped`: rows of similar length, padded; `padded`: random order, padded to the longest (the Alpaca recipe)."""
-    micro_batch_size: int = Field(4, ge=1)
+    micro_batch_size: int = Field(default=4, ge=1)
     """Rows per micro-batch per process."""
     pack_length: int | None = None
     """Tokens per packed row (default: `data.max_length`)."""
@@ -81,17 +82,17 @@ class BatchingConfig(_Section):
 class OptimConfig(_Section):
     """Optimiser and schedule (defaults: the Alpaca recipe)."""
 
-    lr: float = Field(2e-5, gt=0)
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(default=2e-5, gt=0)
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimiser steps (overrides `epochs`)."""
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
     """Micro-batches per optimiser step; the loss is normalised by the trained tokens of all of them."""
-    clip: float = Field(1.0, ge=0)
+    clip: float = Field(default=1.0, ge=0)
     seed: int = 42
 
 
@@ -103,9 +104,9 @@ class DeepSpeedConfig(_Section):
     offload_params: bool = False
     config_file: Path | None = None
     """A ds_config JSON of your own; batch sizes, accumulation and clipping are still set from this config."""
-    num_gpus: int | None = Field(None, ge=1)
+    num_gpus: int | None = Field(default=None, ge=1)
     """GPUs per node for `--dry-run`'s memory estimate (default: the world size, or 1)."""
-    num_nodes: int = Field(1, ge=1)
+    num_nodes: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _offload(self) -> DeepSpeedConfig:
@@ -120,9 +121,9 @@ class LoraConfig(_Section):
     """LoRA via peft; `final/` gets the merged model, `final/adapter/` the adapter."""
 
     enabled: bool = False
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] | str = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     merge: bool = True
     """Write the merged model into `final/` (else only the adapter)."""
@@ -131,11 +132,11 @@ class LoraConfig(_Section):
 class OutputConfig(_Section):
     """Checkpoints, logs and the final model."""
 
-    save_steps: int = Field(0, ge=0)
+    save_steps: int = Field(default=0, ge=0)
     """Checkpoint every N optimiser steps (0: only at the end of training); resume picks up the latest."""
-    keep_checkpoints: int = Field(2, ge=1)
-    log_steps: int = Field(1, ge=1)
-    eval_steps: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    log_steps: int = Field(default=1, ge=1)
+    eval_steps: int = Field(default=0, ge=0)
     """Eval loss every N steps (0: at the end only, when there is an eval split)."""
     resume: bool = True
     """Continue from the latest checkpoint in `output_dir/checkpoints` when there is one."""
@@ -148,13 +149,13 @@ class TrainConfig(HuarizoConfig):
     """A supervised fine-tuning run: `huarizo train CONFIG.yaml` or `huarizo.trainer.train(cfg)`."""
 
     output_dir: Path = Path("runs/train")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
+    data: DataConfig = Field(default_factory=lambda: DataConfig())
+    batching: BatchingConfig = Field(default_factory=lambda: BatchingConfig())
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig())
+    deepspeed: DeepSpeedConfig = Field(default_factory=lambda: DeepSpeedConfig())
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig())
+    output: OutputConfig = Field(default_factory=lambda: OutputConfig())
 
     @model_validator(mode="after")
     def _lengths(self) -> TrainConfig:

@@ -132,6 +132,8 @@ def model_states_bytes(
     grads = (weight_bytes + mixed) * t
     frozen = weight_bytes * (params - trainable)
     n = max(gpus, 1)
+    gpu: float
+    cpu: float
     if stage == 0:
         gpu, cpu = w + grads + opt, 0
     elif stage in (1, 2):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -23,10 +24,68 @@ class ModelBuildError(HuarizoError):
 
 
 def attn_implementation(cfg: ModelConfig) -> str:
-    """`auto` means flash_attention_2 when it is installed and CUDA is there, else sdpa."""
+    """`auto` means flash_attention_2 when it is installed and CUDA is there, else sdpa (then varlen where the
+    architecture allows, see `load_model`)."""
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
     return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+VARLEN = "huarizo_varlen"
+
+
+def varlen_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention computed sample by sample within each row: a sample starts where its position id is 0.
+
+    The padding-free counterpart of flash-attention's varlen kernels for any device: packed samples never see each
+    other, and each costs its own length squared instead of the row's. Right padding starts its own segment, so it
+    is exact for padded rows too (their pad positions carry no loss).
+    """
+    b, _, length, _ = query.shape
+    pos = position_ids if position_ids is not None else torch.arange(length, device=query.device).expand(b, -1)
+    gqa = key.shape[1] != query.shape[1]
+    rows = []
+    for r in range(b):
+        starts = (pos[r] == 0).nonzero().flatten().tolist()
+        bounds = sorted({0, *starts, length})
+        pieces = [
+            F.scaled_dot_product_attention(
+                query[r : r + 1, :, s:e],
+                key[r : r + 1, :, s:e],
+                value[r : r + 1, :, s:e],
+                dropout_p=dropout,
+                is_causal=True,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
+            for s, e in itertools.pairwise(bounds)
+        ]
+        rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def use_varlen_attention(model: Any) -> bool:
+    """Switch a model from sdpa to `varlen_attention` when its attention is plain causal (no sliding window, no
+    soft-capping); returns whether it did."""
+    from transformers import AttentionInterface
+
+    config = model.config
+    plain = not any(getattr(config, k, None) for k in ("sliding_window", "attn_logit_softcapping", "layer_types"))
+    if config._attn_implementation != "sdpa" or not plain:
+        return False
+    AttentionInterface.register(VARLEN, varlen_attention)
+    model.set_attn_implementation(VARLEN)
+    return True
 
 
 def load_model(cfg: ModelConfig) -> Any:
@@ -37,14 +96,20 @@ def load_model(cfg: ModelConfig) -> Any:
     config = AutoConfig.from_pretrained(path)
     for key, value in cfg.config_overrides.items():
         setattr(config, key, value)
+    impl = attn_implementation(cfg)
     model = AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=getattr(torch, cfg.dtype), attn_implementation=attn_implementation(cfg)
+        path, config=config, dtype=getattr(torch, cfg.dtype), attn_implementation="sdpa" if impl == "varlen" else impl
     )
     for attr in ("hf_quantizer", "quantization_method"):  # GGUF-converted folders keep a stale marker
         if getattr(model, attr, None) is not None:
             setattr(model, attr, None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if cfg.attn_implementation in ("auto", "varlen") and not use_varlen_attention(model) and impl == "varlen":
+        raise ModelBuildError(
+            "model.attn_implementation=varlen: this model's attention is not plain causal (sliding window or "
+            "soft-capping); use sdpa"
+        )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -118,6 +183,8 @@ def save_hf_folder(
     """Write an HF model folder atomically (a temporary folder, then a rename)."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if lm.config._attn_implementation == VARLEN:  # a training-time kernel; the saved model uses sdpa
+        lm.set_attn_implementation("sdpa")
     lm.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     write_chat_template(tokenizer, template)
     tokenizer.save_pretrained(tmp)

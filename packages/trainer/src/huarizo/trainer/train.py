@@ -141,6 +141,15 @@ class _Logger:
                 self.tb.close()
 
 
+def _peak_memory_mb() -> float:
+    """Peak GPU memory allocated by torch on CUDA; peak resident memory of the process on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -166,7 +175,7 @@ def evaluate(engine: Any, samples: list[Sample], cfg: TrainConfig, pad_id: int) 
             batch = _to(collate(batches[idx if real else 0], samples, pad_id, packed=False), engine.device)
             out = engine(**batch)
             if real:
-                loss += float(out)
+                loss += float(out.detach())
                 tokens += float((batch["targets"] != IGNORE_INDEX).sum())
     engine.train()
     loss, tokens = _all_sum([loss, tokens])
@@ -248,7 +257,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 shutil.rmtree(old, ignore_errors=True)
 
     loss = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(start, total):
         batches = [collate(rows, train_s, pad_id, packed) for rows in schedule.steps[step][rank]]
         mine = [float((b["targets"] != IGNORE_INDEX).sum()) for b in batches]
@@ -259,7 +268,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             summed = engine(**_to(batch, engine.device))
             engine.backward(summed * (world / trained), scale_wrt_gas=False)
             engine.step()
-            loss_sum += float(summed)
+            loss_sum += float(summed.detach())
         (loss_sum,) = _all_sum([loss_sum])
         loss = loss_sum / trained
         done = step + 1
@@ -273,6 +282,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "trained_tokens": int(trained),
                 "tokens": int(n_tokens),
                 "elapsed_s": round(elapsed, 3),
+                "cpu_s": round(time.process_time() - c0, 3),
+                "peak_mem_mb": round(_peak_memory_mb(), 1),
             }
             if eval_s and cfg.output.eval_steps and done % cfg.output.eval_steps == 0:
                 row["eval_loss"] = evaluate(engine, eval_s, cfg, pad_id)
