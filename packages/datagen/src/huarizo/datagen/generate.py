@@ -150,6 +150,7 @@ class _Generator:
         self.filter = RecordFilter(cfg.filter, [s.instruction for s in seeds])
         self.machine: list[str] = []  # instructions of kept records, in order (Self-Instruct's machine examples)
         self._machine_set: set[str] = set()
+        self._prefetched: dict[int, tuple[list[list[SeedTask]], asyncio.Future[list[_Call]]]] = {}
 
     @property
     def params(self) -> dict[str, Any]:
@@ -192,17 +193,22 @@ class _Generator:
         }
 
     # -- Alpaca --------------------------------------------------------------------------------------------------
-    async def alpaca_round(self, rnd: int, rng: random.Random) -> _Outcome:
+    def _alpaca_requests(self, rnd: int) -> tuple[list[list[SeedTask]], asyncio.Future[list[_Call]]]:
         a = self.cfg.alpaca
+        rng = random.Random(f"{self.cfg.seed}:{rnd}")
         plans = [
             rng.sample(self.seeds, min(a.seed_examples, len(self.seeds))) for _ in range(self.cfg.requests_per_round)
         ]
-        calls = await asyncio.gather(
-            *(
-                self.ask("alpaca-batch", P.ALPACA_BATCH, P.alpaca_batch_prompt(ex, a.tasks_per_request, self.chat))
-                for ex in plans
-            )
-        )
+        prompts = [P.alpaca_batch_prompt(ex, a.tasks_per_request, self.chat) for ex in plans]
+        return plans, asyncio.gather(*(self.ask("alpaca-batch", P.ALPACA_BATCH, p) for p in prompts))
+
+    async def alpaca_round(self, rnd: int, rng: random.Random, prefetch: bool = False) -> _Outcome:
+        # An Alpaca round's prompts depend only on the seed and the round number, so the next round's requests can
+        # be in flight while this one is parsed and filtered (`prefetch`, skipped near the end of a run).
+        plans, pending = self._prefetched.pop(rnd) if rnd in self._prefetched else self._alpaca_requests(rnd)
+        if prefetch and rnd + 1 < self.cfg.max_rounds:
+            self._prefetched[rnd + 1] = self._alpaca_requests(rnd + 1)
+        calls = await pending
         out = _Outcome(requested=len(calls))
         candidates: list[dict[str, Any]] = []
         for examples, call in zip(plans, calls, strict=True):
@@ -379,7 +385,7 @@ def run(cfg: DatagenConfig) -> RunResult:
     journal_path = out_dir / "rounds.jsonl"
     journal = JsonlAppender(journal_path)
     done = journal.existing()
-    rounds = {j["round"] for j in done}
+    rounds = {j["round"] for j in done if j["round"] is not None}
     kept_rows = _committed(out_dir / "records.jsonl", rounds)
     _committed(out_dir / "rejects.jsonl", rounds)
 
@@ -426,8 +432,11 @@ async def _rounds(
             before = _usage_snapshot(client)
             pool_before = len(gen.filter.added)
             rng = random.Random(f"{cfg.seed}:{rnd}")
-            step = gen.alpaca_round if cfg.pipeline == "alpaca" else gen.self_instruct_round
-            outcome = await step(rnd, rng)
+            if cfg.pipeline == "alpaca":
+                per_round = kept_total / len(done) if done else cfg.num_records
+                outcome = await gen.alpaca_round(rnd, rng, prefetch=kept_total + 2 * per_round < cfg.num_records)
+            else:
+                outcome = await gen.self_instruct_round(rnd, rng)
             if outcome.failed and outcome.failed >= outcome.requested:
                 raise HuarizoError(
                     f"round {rnd}: every request to {cfg.teacher.model} failed ({outcome.error}); nothing was lost: "
@@ -451,6 +460,13 @@ async def _rounds(
             done.append(line)
             progress.round_done(line)
             rnd += 1
+    if gen._prefetched:  # requests sent ahead for a round that was not needed: their replies stay in the cache
+        before = _usage_snapshot(client)
+        for _, pending in gen._prefetched.values():
+            await pending
+        line = {"round": None, "prefetched": True, **_usage_delta(before, _usage_snapshot(client))}
+        journal.append([line])
+        done.append(line)
     await client.aclose()
 
 
@@ -493,7 +509,7 @@ def _summary(out_dir: Path, done: list[dict[str, Any]]) -> RunResult:
         out_dir,
         total["kept"],
         total["rejected"],
-        len(done),
+        sum(d["round"] is not None for d in done),
         total["requests"],
         total["cached"],
         total["failed"],
