@@ -119,6 +119,13 @@ class LLMClient:
     in_flight: int = field(default=0, init=False)
     max_in_flight: int = field(default=0, init=False)
 
+    def _priced(self) -> bool:
+        """Whether litellm's local cost table knows the model (asking it about unknown models is slow)."""
+        import litellm
+
+        name = self.model.split("/", 1)[-1]
+        return self.model in litellm.model_cost or name in litellm.model_cost
+
     def _cache_path(self, h: str) -> Path | None:
         return Path(self.cache_dir) / h[:2] / f"{h}.json" if self.cache_dir else None
 
@@ -207,10 +214,14 @@ class LLMClient:
         choice = result.choices[0]
         text = choice.text if self.mode == "completion" else choice.message.content
         usage = getattr(result, "usage", None)
-        try:
-            cost: float | None = float(litellm.completion_cost(completion_response=result))
-        except Exception:
-            cost = None
+        # litellm prices every response from its local table while logging it; reuse that (None when unpriced).
+        hidden = getattr(result, "_hidden_params", None) or {}
+        cost: float | None = hidden.get("response_cost")
+        if cost is None:
+            try:
+                cost = float(litellm.completion_cost(completion_response=result)) if self._priced() else None
+            except Exception:
+                cost = None
         return LLMResponse(
             text=text or "",
             finish_reason=getattr(choice, "finish_reason", None),

@@ -41,6 +41,11 @@ def prompt_text(request: dict[str, Any]) -> str:
     return "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default (5) drops connections when many clients connect at once
+    daemon_threads = True
+
+
 class ScriptedServer:
     """An OpenAI-compatible HTTP server on 127.0.0.1 whose answers come from a script.
 
@@ -51,8 +56,7 @@ class ScriptedServer:
         self.script, self.latency, self.model = script, latency, model
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property
