@@ -35,8 +35,16 @@ def _free_port() -> int:
 @contextmanager
 def _served(model: str, timeout: float) -> Iterator[str]:
     port = _free_port()
-    cmd = [str(Path(sys.executable).parent / "huarizo"), "serve", "--model", model, "--port", str(port),
-           "--model-name", "teacher"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "huarizo"),
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--model-name",
+        "teacher",
+    ]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -61,10 +69,20 @@ def _served(model: str, timeout: float) -> Iterator[str]:
 def _generate(url: str, out: Path, mode: str, max_tokens: int, tasks: int) -> None:
     cfg = DatagenConfig.load(
         None,
-        [f"output_dir={out}", "progress=false", "max_rounds=1", "requests_per_round=2", f"alpaca.tasks_per_request={tasks}",
-         "teacher.model=openai/teacher", f"teacher.api_base={url}", f"teacher.mode={mode}",
-         f"teacher.max_tokens={max_tokens}", "teacher.timeout=300", "teacher.temperature=0.7"],
-    )  # fmt: skip
+        [
+            f"output_dir={out}",
+            "progress=false",
+            "max_rounds=1",
+            "requests_per_round=2",
+            f"alpaca.tasks_per_request={tasks}",
+            "teacher.model=openai/teacher",
+            f"teacher.api_base={url}",
+            f"teacher.mode={mode}",
+            f"teacher.max_tokens={max_tokens}",
+            "teacher.timeout=300",
+            "teacher.temperature=0.7",
+        ],
+    )
     result = run(cfg)
     journal = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert journal[0]["requests"] == 2 and journal[0]["failed"] == 0
