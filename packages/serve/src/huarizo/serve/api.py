@@ -279,6 +279,8 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
 
         def sink_for(i: int) -> Any:
             def sink(ev: Event) -> None:
+                if isinstance(ev, Delta) and not req.stream:
+                    return  # a non-streaming request only needs the end: no wake-up of the event loop per token
                 try:
                     loop.call_soon_threadsafe(events.put_nowait, (i, ev))
                 except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
