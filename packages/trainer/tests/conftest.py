@@ -50,7 +50,7 @@ def run_train(tmp_path: Path) -> RunTrain:
             cmd = [sys.executable, "-m", "huarizo.trainer", str(cfg_file)]
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-            cmd += [f"--master_port={free_port()}", "-m", "huarizo.trainer", str(cfg_file)]
+            cmd += ["--standalone", "-m", "huarizo.trainer", str(cfg_file)]  # torchrun picks a free port
         proc = subprocess.run(cmd, env=train_env(**(env or {})), capture_output=True, text=True, timeout=300)
         if check and proc.returncode != 0:
             raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -37,7 +37,7 @@ def _segments(batch: dict[str, torch.Tensor], r: int) -> list[tuple[int, int]]:
         ("fastchat/dummy_conversation.json", "vicuna_v1.1"),
     ],
 )
-@pytest.mark.parametrize("mode", ["packed", "padded"])
+@pytest.mark.parametrize("mode", ["packed", "grouped", "padded"])
 def test_engine_labels_are_the_assistant_text(
     shared_data: Path, tiny_tokenizer, tmp_path: Path, path: str, template: str, mode: str
 ) -> None:  # type: ignore[no-untyped-def]
@@ -89,3 +89,18 @@ def test_schedule_is_deterministic_and_disjoint_across_ranks() -> None:
     ]
     assert len(first_epoch) == len(set(first_epoch))  # no sample twice within an epoch, across ranks
     assert len(a.steps) == 2 * a.steps_per_epoch
+
+
+def test_mixing_weights_and_mixed_layout_augmentation(tiny_tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_records(a, [{"instruction": f"Count to {i}.", "input": "", "output": f"1 to {i}."} for i in range(10)])
+    write_records(b, [{"instruction": f"Name {i}.", "input": "x", "output": f"Name {i} is fine."} for i in range(20)])
+    cfg = DataConfig.model_validate(
+        {"files": [{"path": a, "weight": 2}, {"path": b, "weight": 0.5, "template": "mixed:3"}], "eval_fraction": 0.1}
+    )
+    train, evals, stats = load_samples(cfg, tiny_tokenizer, seed=0)
+    assert stats.records == {str(a): 10, str(b): 20}
+    assert len(train) + len(evals) == 2 * 10 + 10 and len(evals) == 3
+    texts = {tiny_tokenizer.decode(s.input_ids) for s in train + evals}
+    assert not any("Name" in t and "### Instruction" in t for t in texts)  # b is rendered with mixed layouts
+    assert len({t.split("Name")[0] for t in texts if "Name" in t}) > 1  # ... and more than one of them

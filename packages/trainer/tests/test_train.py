@@ -53,11 +53,14 @@ def test_two_process_zero_run_learns_and_writes_a_loadable_model(
 ) -> None:
     cfg = base_config | {"deepspeed": {"stage": stage}}
     cfg["optim"] |= {"lr": 3e-3, "epochs": 4}
-    cfg["data"] |= {"max_length": 96}
+    cfg["data"] |= {"max_length": 96, "eval_fraction": 0.15}
+    cfg["output"] |= {"eval_steps": 4}
     run_train(cfg, nproc=2)
     out = Path(cfg["output_dir"])
     rows = read_metrics(out)
     _assert_loss_falls(rows)
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) >= 3 and evals[-1] < evals[0]  # held-out loss over 6 samples sharded across both ranks
     assert rows[0]["trained_tokens"] > 0 and (out / "loss_curve.png").stat().st_size > 1000
     final = _weights(out / "final")
     base = _weights(tiny_model_dir)
