@@ -107,9 +107,16 @@ class Terminal:
 
     def wait_reading(self, timeout: float = 30.0) -> None:
         """Wait until the child blocks reading the terminal (a Ctrl-C sent before that is only seen after the read)."""
-        waits = {"0", "7", "23", "270", "271"}  # read, poll, select, pselect6, ppoll (x86-64)
+        # read, poll, select, pselect6, ppoll on x86-64; read, pselect6, ppoll on aarch64
+        waits = {"0", "7", "23", "270", "271", "63", "72", "73"}
         deadline = time.monotonic() + timeout
-        while Path(f"/proc/{self.proc.pid}/syscall").read_text().split()[0] not in waits:
+        while True:
+            try:
+                blocked = Path(f"/proc/{self.proc.pid}/syscall").read_text().split()[0] in waits
+            except OSError:  # /proc/PID/syscall needs ptrace rights: fall back to "the main thread sleeps"
+                blocked = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S"
+            if blocked:
+                return
             assert time.monotonic() < deadline, "the chat never waited for input"
             select.select([], [], [], 0.01)
 
