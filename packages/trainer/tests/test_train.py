@@ -114,6 +114,10 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(run_train: RunTrai
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name])
 
+    cfg["optim"]["seed"] = 7  # another data order: resuming from these checkpoints would splice two runs
+    refused = run_train(cfg, check=False)
+    assert refused.returncode == 1 and "output.resume=false" in refused.stderr
+
 
 def test_lora_trains_and_merges(run_train: RunTrain, base_config: dict[str, Any], tiny_model_dir: Path) -> None:
     cfg = dict(base_config)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ actions:
   huarizo train apply-delta --base MODEL --delta MODEL --target DIR
 
 several processes: torchrun --nproc_per_node N -m huarizo.trainer CONFIG.yaml
-                   deepspeed --hostfile hostfile -m huarizo.trainer CONFIG.yaml
+                   deepspeed --hostfile hostfile --module huarizo.trainer CONFIG.yaml
 """
 
 
@@ -66,6 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     from huarizo.trainer.train import train
 
     result = train(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     if result.loss is not None:
         print(f"trained {result.steps} steps (resumed at {result.resumed_from}), last loss {result.loss:.4f}")
     print(f"model: {result.final_dir}")

@@ -8,6 +8,7 @@ trained tokens of the whole step (all processes), so every trained token weighs 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from huarizo.formats import IGNORE_INDEX, JsonlAppender, write_records
+from huarizo.formats import IGNORE_INDEX, HuarizoError, JsonlAppender, write_records
 from huarizo.formats.models import resolve_model
 from huarizo.trainer.config import TrainConfig
 from huarizo.trainer.data import Sample, Schedule, collate, load_samples
@@ -32,6 +33,10 @@ from huarizo.trainer.model import SFTModel, add_lora, load_model, merge_lora, sa
 
 KILL_AT_STEP_ENV = "HUARIZO_TRAIN_KILL_AT_STEP"
 """Fault injection for crash-recovery tests: the process SIGKILLs itself right after logging this step."""
+
+
+class ResumeError(HuarizoError):
+    """A checkpoint that does not belong to this run's config."""
 
 
 @dataclass
@@ -237,9 +242,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
 
     ckpt_dir = out / "checkpoints"
+    order = hashlib.sha256(json.dumps(schedule.steps).encode()).hexdigest()
     start = 0
     if cfg.output.resume and (ckpt_dir / "latest").exists():
         _, client = engine.load_checkpoint(str(ckpt_dir))
+        if client.get("data_order") != order:
+            raise ResumeError(
+                f"{ckpt_dir}: the checkpoint was written with other data, batching or seed, so resuming would not "
+                "continue the same run; use another output_dir or --set output.resume=false"
+            )
         start = int(client["step"])
     logger = _Logger(cfg, start, rank == 0)
     packed = cfg.batching.mode == "packed"
@@ -251,7 +262,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         progress = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
     def save(step: int) -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step})
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step, "data_order": order})
         if rank == 0:
             for old in _checkpoints(ckpt_dir)[: -cfg.output.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
