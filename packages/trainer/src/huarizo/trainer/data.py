@@ -62,16 +62,22 @@ def _weighted(items: list[Any], weight: float, rng: random.Random) -> list[Any]:
     return items * whole + extra
 
 
-def load_samples(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Sample], list[Sample], DataStats]:
-    """Read, mix, tokenize and mask every file; returns `(train, eval, stats)`."""
+def check_files(cfg: DataConfig) -> None:
+    """Fail fast (before any model or process group is set up) on a missing data file."""
     if not cfg.files:
         raise DataError("data.files is empty: give at least one data file (--set data.files=[PATH])")
+    for spec in cfg.files:
+        if not spec.path.is_file():
+            raise DataError(f"data.files: {spec.path}: no such file")
+
+
+def load_samples(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Sample], list[Sample], DataStats]:
+    """Read, mix, tokenize and mask every file; returns `(train, eval, stats)`."""
+    check_files(cfg)
     rng = random.Random(seed)
     stats = DataStats()
     samples: list[Sample] = []
     for spec in cfg.files:
-        if not spec.path.exists():
-            raise DataError(f"data.files: {spec.path}: no such file")
         convs = [c for r in read_records(spec.path, spec.format).records for c in to_conversations(r)]
         stats.records[str(spec.path)] = len(convs)
         template = get_template(spec.template or cfg.template, tokenizer)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from huarizo.formats import IGNORE_INDEX, HuarizoError, JsonlAppender, write_records
 from huarizo.formats.models import resolve_model
 from huarizo.trainer.config import TrainConfig
-from huarizo.trainer.data import Sample, Schedule, collate, load_samples
+from huarizo.trainer.data import Sample, Schedule, check_files, collate, load_samples
 from huarizo.trainer.model import SFTModel, add_lora, load_model, merge_lora, save_hf_folder, write_chat_template
 
 KILL_AT_STEP_ENV = "HUARIZO_TRAIN_KILL_AT_STEP"
@@ -189,6 +189,7 @@ def evaluate(engine: Any, samples: list[Sample], cfg: TrainConfig, pad_id: int) 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data` and write `cfg.output_dir` (checkpoints/, metrics.jsonl, final/, ...)."""
+    check_files(cfg.data)
     rank, world = setup_distributed()
     import deepspeed
     from transformers import AutoTokenizer, get_scheduler
