@@ -137,7 +137,7 @@ class OutputConfig(_Section):
     keep_checkpoints: int = Field(default=2, ge=1)
     log_steps: int = Field(default=1, ge=1)
     eval_steps: int = Field(default=0, ge=0)
-    """Eval loss every N steps (0: at the end only, when there is an eval split)."""
+    """Eval loss every N steps and at the last step (0: the last step only), when there is an eval split."""
     resume: bool = True
     """Continue from the latest checkpoint in `output_dir/checkpoints` when there is one."""
     tensorboard: bool = True

@@ -297,8 +297,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "cpu_s": round(time.process_time() - c0, 3),
                 "peak_mem_mb": round(_peak_memory_mb(), 1),
             }
-            if eval_s and cfg.output.eval_steps and done % cfg.output.eval_steps == 0:
-                row["eval_loss"] = evaluate(engine, eval_s, cfg, pad_id)
+        every = cfg.output.eval_steps
+        if eval_s and (done == total or (every and done % every == 0)):
+            row["eval_loss"] = evaluate(engine, eval_s, cfg, pad_id)
+        if len(row) > 2:
             logger.log(row)
         if progress is not None:
             progress.update(1)
@@ -311,9 +313,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         progress.close()
     if cfg.output.save_steps and start < total and total % cfg.output.save_steps:
         save(total)
-    if eval_s:
-        eval_loss = evaluate(engine, eval_s, cfg, pad_id)
-        logger.log({"step": total, "eval_loss": eval_loss})
     logger.close()
 
     final = _write_final(cfg, engine, tokenizer, rank)
