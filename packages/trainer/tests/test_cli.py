@@ -118,3 +118,17 @@ def test_apply_delta_restores_the_tuned_weights(tiny_model_dir: Path, tmp_path: 
     got = AutoModelForCausalLM.from_pretrained(out).state_dict()
     for name, t in tuned.state_dict().items():
         torch.testing.assert_close(got[name], t, rtol=1e-5, atol=1e-6)
+
+
+def test_users_ds_config_keeps_its_sections_and_gets_our_batch_sizes(tmp_path: Path) -> None:
+    from huarizo.trainer import ds_config
+
+    user = tmp_path / "ds.json"
+    user.write_text('{"zero_optimization": {"stage": 1, "reduce_bucket_size": 5e7}, "bf16": {"enabled": false}}')
+    cfg = TrainConfig.load(
+        None, [f"deepspeed.config_file={user}", "batching.micro_batch_size=3", "optim.grad_accum=5", "optim.clip=0.5"]
+    )
+    conf = ds_config(cfg, world_size=4)
+    assert conf["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 5e7} and conf["bf16"] == {"enabled": False}
+    assert (conf["train_micro_batch_size_per_gpu"], conf["gradient_accumulation_steps"]) == (3, 5)
+    assert conf["train_batch_size"] == 60 and conf["gradient_clipping"] == 0.5
