@@ -53,13 +53,13 @@ _EXPORTS = {
     "train": "train",
 }
 __all__ = [
+    "KNOWN_ARCHITECTURES",
     "BatchingConfig",
     "DataConfig",
     "DataError",
     "DataFile",
     "DeepSpeedConfig",
     "DryRunReport",
-    "KNOWN_ARCHITECTURES",
     "LoraConfig",
     "ModelBuildError",
     "ModelConfig",
