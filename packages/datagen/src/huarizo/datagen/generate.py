@@ -202,7 +202,7 @@ class _Generator:
         prompts = [P.alpaca_batch_prompt(ex, a.tasks_per_request, self.chat) for ex in plans]
         return plans, asyncio.gather(*(self.ask("alpaca-batch", P.ALPACA_BATCH, p) for p in prompts))
 
-    async def alpaca_round(self, rnd: int, rng: random.Random, prefetch: bool = False) -> _Outcome:
+    async def alpaca_round(self, rnd: int, prefetch: bool = False) -> _Outcome:
         # An Alpaca round's prompts depend only on the seed and the round number, so the next round's requests can
         # be in flight while this one is parsed and filtered (`prefetch`, skipped near the end of a run).
         plans, pending = self._prefetched.pop(rnd) if rnd in self._prefetched else self._alpaca_requests(rnd)
@@ -431,12 +431,11 @@ async def _rounds(
         while kept_total < cfg.num_records and rnd < cfg.max_rounds:
             before = _usage_snapshot(client)
             pool_before = len(gen.filter.added)
-            rng = random.Random(f"{cfg.seed}:{rnd}")
             if cfg.pipeline == "alpaca":
                 per_round = kept_total / len(done) if done else cfg.num_records
-                outcome = await gen.alpaca_round(rnd, rng, prefetch=kept_total + 2 * per_round < cfg.num_records)
+                outcome = await gen.alpaca_round(rnd, prefetch=kept_total + 2 * per_round < cfg.num_records)
             else:
-                outcome = await gen.self_instruct_round(rnd, rng)
+                outcome = await gen.self_instruct_round(rnd, random.Random(f"{cfg.seed}:{rnd}"))
             if outcome.failed and outcome.failed >= outcome.requested:
                 raise HuarizoError(
                     f"round {rnd}: every request to {cfg.teacher.model} failed ({outcome.error}); nothing was lost: "
