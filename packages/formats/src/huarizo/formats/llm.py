@@ -241,14 +241,7 @@ class LLMClient:
 
     def complete(self, content: str | Sequence[dict[str, str]], **params: Any) -> LLMResponse:
         """Blocking form of `acomplete` (runs its own event loop)."""
-
-        async def once() -> LLMResponse:
-            try:
-                return await self.acomplete(content, **params)
-            finally:
-                await self.aclose()
-
-        return asyncio.run(once())
+        return asyncio.run(self.acomplete(content, **params))
 
 
 async def gather_bounded(
