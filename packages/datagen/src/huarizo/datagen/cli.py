@@ -75,7 +75,14 @@ def register(sub: Any) -> None:
     f = sub.add_parser("filter", help="filter Alpaca data: ROUGE-L novelty (exact, fast), keywords, length, ...")
     f.add_argument("input")
     f.add_argument("output")
-    f.add_argument("--pool", action="append", default=[], metavar="FILE", help="instructions already in the pool")
+    f.add_argument(
+        "--pool",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="files of instructions already in the pool",
+    )
     f.add_argument("--rouge-threshold", type=float, default=0.7)
     f.add_argument("--tokenizer", choices=["default", "cjk"], default="default", help="ROUGE-L tokenizer")
     f.add_argument(
