@@ -76,12 +76,7 @@ def register(sub: Any) -> None:
     f.add_argument("input")
     f.add_argument("output")
     f.add_argument(
-        "--pool",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="FILE",
-        help="files of instructions already in the pool",
+        "--pool", action="append", default=[], metavar="FILE", help="instructions already in the pool (repeat)"
     )
     f.add_argument("--rouge-threshold", type=float, default=0.7)
     f.add_argument("--tokenizer", choices=["default", "cjk"], default="default", help="ROUGE-L tokenizer")
