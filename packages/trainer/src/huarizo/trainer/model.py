@@ -208,16 +208,7 @@ def merge_lora(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tok_src = adapter if (adapter / "tokenizer_config.json").exists() else path
-    tokenizer = AutoTokenizer.from_pretrained(tok_src)
-    target = Path(target)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target
+    return _save_folder(merged, AutoTokenizer.from_pretrained(tok_src), target)
 
 
 def apply_delta(base: str, delta: str, target: str | os.PathLike[str], dtype: str = "float32") -> Path:
@@ -248,11 +239,15 @@ def apply_delta(base: str, delta: str, target: str | os.PathLike[str], dtype: st
                 raise ModelBuildError(
                     f"{name}: delta shape {tuple(param.shape)} does not fit base shape {tuple(b.shape)}"
                 )
-    tokenizer = AutoTokenizer.from_pretrained(delta_path)
+    return _save_folder(delta_model, AutoTokenizer.from_pretrained(delta_path), target)
+
+
+def _save_folder(model: Any, tokenizer: Any, target: str | os.PathLike[str]) -> Path:
+    """Write a model folder next to `target`, then rename it into place (a crash leaves no half folder)."""
     target = Path(target)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    delta_model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if target.exists():
         shutil.rmtree(target)
