@@ -13,9 +13,9 @@ TORCH = "torch==2.13.0"  # a local CPU wheel; an unpinned torch pulls a multi-GB
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
 
 
-def _install_all(session: nox.Session, extras: str = "test") -> None:
+def _install_all(session: nox.Session, extras: str | None = "test") -> None:
     session.install(TORCH)
-    session.install(*[f"./packages/{p}[{extras}]" for p in PACKAGES])
+    session.install(*[f"./packages/{p}" + (f"[{extras}]" if extras else "") for p in PACKAGES])
 
 
 @nox.session
@@ -63,5 +63,5 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job on the embedded default model (grows into `huarizo run configs/recipe.yaml`)."""
-    _install_all(session, extras="test")
+    _install_all(session, extras=None)
     session.run("bash", "configs/demo.sh", external=True, env=ENV)
