@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from huarizo.formats.llm import LLMClient, LLMError, gather_bounded, request_hash
+from huarizo.formats.llm import LLMClient, LLMError, request_hash
 from huarizo.formats.testing import Reply, ScriptedServer, prompt_text
 
 
@@ -110,8 +110,7 @@ def test_concurrency_bound_respected() -> None:
         client = _client(server, concurrency=3)
 
         async def main() -> list[Any]:
-            jobs = [lambda i=i: client.acomplete(f"job {i}") for i in range(12)]
-            return await gather_bounded(jobs)
+            return list(await asyncio.gather(*(client.acomplete(f"job {i}") for i in range(12))))
 
         results = asyncio.run(main())
     assert [r.text for r in results] == ["done"] * 12

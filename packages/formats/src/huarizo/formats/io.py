@@ -110,20 +110,6 @@ def parse_record(raw: RawRecord, fmt: str) -> BaseModel:
         raise RecordError(first.file, first.where, first.field, first.message + more) from None
 
 
-def _resolve_format(path: str | os.PathLike[str], fmt: str) -> str:
-    if fmt != "auto":
-        if fmt not in FORMATS:
-            raise HuarizoError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-        return fmt
-    for item in iter_raw(path):
-        if isinstance(item, RawRecord):
-            found = detect_format(item.data)
-            if found is None:
-                raise RecordError(item.file, item.where, None, "cannot tell the format from its keys; pass --format")
-            return found
-    return "alpaca"
-
-
 @dataclass
 class ReadResult:
     """Records read from a file, with the errors of the records that were skipped."""
@@ -139,8 +125,17 @@ def read_records(path: str | os.PathLike[str], fmt: str = "auto", *, skip_invali
 
     With `skip_invalid` the invalid records are left out and reported in `errors`; otherwise the first one raises.
     """
-    result = ReadResult(format=_resolve_format(path, fmt))
+    if fmt != "auto" and fmt not in FORMATS:
+        raise HuarizoError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    # With `auto`, the first readable record decides the format (default alpaca when there is none).
+    result = ReadResult(format="alpaca" if fmt == "auto" else fmt)
+    detected = fmt != "auto"
     for item in iter_raw(path):
+        if not detected and isinstance(item, RawRecord):
+            found = detect_format(item.data)
+            if found is None:
+                raise RecordError(item.file, item.where, None, "cannot tell the format from its keys; pass --format")
+            result.format, detected = found, True
         try:
             if isinstance(item, RecordError):
                 raise item

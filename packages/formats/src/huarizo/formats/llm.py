@@ -15,7 +15,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -242,17 +242,3 @@ class LLMClient:
     def complete(self, content: str | Sequence[dict[str, str]], **params: Any) -> LLMResponse:
         """Blocking form of `acomplete` (runs its own event loop)."""
         return asyncio.run(self.acomplete(content, **params))
-
-
-async def gather_bounded(
-    jobs: Sequence[Callable[[], Awaitable[Any]]], on_done: Callable[[Any], None] | None = None
-) -> list[Any]:
-    """Run coroutine factories concurrently (the client bounds the requests), calling `on_done` as each finishes."""
-
-    async def run(job: Callable[[], Awaitable[Any]]) -> Any:
-        out = await job()
-        if on_done is not None:
-            on_done(out)
-        return out
-
-    return list(await asyncio.gather(*(run(j) for j in jobs)))

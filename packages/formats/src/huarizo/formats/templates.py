@@ -13,7 +13,7 @@ import json
 import random
 import re
 import string
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from huarizo.formats.errors import HuarizoError
@@ -325,11 +325,6 @@ def template_for_tokenizer(tokenizer: Any, default: str | None = None) -> Templa
     if default is None:
         raise TemplateError("this model has no chat template; choose one with --template")
     return get_template(default, tokenizer)
-
-
-def with_default_system(template: ChatTemplate, system: str) -> ChatTemplate:
-    """A copy of a template with another default system prompt."""
-    return replace(template, default_system=system)
 
 
 # Stanford Alpaca's two layouts, verbatim (a compatibility contract: existing Alpaca checkpoints expect them).
