@@ -8,6 +8,7 @@ Templates are data (`ChatTemplate`), not per-model code; `hf` uses the tokenizer
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -67,9 +68,16 @@ def _pairs(conv: Conversation) -> list[tuple[Message, Message | None]]:
     return [(body[i], body[i + 1] if i + 1 < len(body) else None) for i in range(0, len(body), 2)]
 
 
+@functools.lru_cache(maxsize=256)
+def _parse(fmt: str) -> tuple[tuple[str, str | None], ...]:
+    return tuple((literal, name) for literal, name, _spec, _conv in string.Formatter().parse(fmt))
+
+
 def _sub(fmt: str, **values: str) -> str:
+    if "{" not in fmt and "}" not in fmt:
+        return fmt
     out = []
-    for literal, name, _spec, _conv in string.Formatter().parse(fmt):
+    for literal, name in _parse(fmt):
         out.append(literal)
         if name is not None:
             out.append(values[name])

@@ -1,0 +1,249 @@
+"""An exact, cached encoder for byte-level BPE tokenizers (GPT-2, Llama 3, Qwen 2 style), used by masking.
+
+A byte-level BPE tokenizer splits text into pre-tokens with a regex and encodes each one on its own, so the ids of
+a text are the ids of its pieces, concatenated. For the pre-tokenizer regexes accepted here, no piece holds a space
+followed by a non-space character except at its start, so a text can be cut before each such space into *chunks*
+whose ids do not depend on their neighbours. Text is made of comparatively few distinct chunks (a word with its
+punctuation), so a dict from chunk to ids replaces most of the tokenizer's work with one `str.split` and one dict
+lookup per word. Chunks not seen before are encoded by the tokenizer itself, many in one call, and each is checked
+to decode back to its text.
+
+`ByteLevelEncoder.for_tokenizer` returns None for a tokenizer it cannot reproduce (a normalizer, another
+pre-tokenizer, BPE dropout, added tokens that strip spaces, ...); callers then use the tokenizer directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from functools import reduce
+from itertools import accumulate, islice, repeat
+from operator import add, iadd, itemgetter
+from typing import Any, TypeVar
+
+# Pre-tokenizer regexes whose pieces never hold " X" (a space, then a non-space) past their first character:
+# GPT-2's (the ByteLevel pre-tokenizer's own), and the Llama 3 and Qwen 2 style Split patterns.
+_GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_LLAMA3 = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
+)
+_CHUNK_LOCAL = {_GPT2, _LLAMA3, _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")}  # the last: Qwen 2 (one digit a piece)
+# A chunk starts at each space followed by a non-space that does not begin an added token (added tokens are split
+# off first, so a space before one ends the text in front of it).
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """Printable character -> byte, the byte-level BPE alphabet (printable bytes stand for themselves)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = iter(range(256, 512))
+    return {chr(b) if b in keep else chr(next(shifted)): b for b in range(256)}
+
+
+_FROM_ALPHABET = _byte_alphabet()
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ChunkMismatchError(Exception):
+    """A chunk's ids, from the tokenizer, do not decode back to the chunk."""
+
+
+class _Ids(dict[str, tuple[int, ...]]):
+    """key -> ids of `lead + key`; a key not known yet is noted for the next `ByteLevelEncoder.fill`."""
+
+    def __init__(self, lead: str) -> None:
+        super().__init__()
+        self.lead = lead
+        self.pending: set[str] = set()
+        self.misses = 0
+
+    def __missing__(self, key: str) -> tuple[int, ...]:
+        self.pending.add(key)
+        self.misses += 1
+        return ()
+
+
+class ByteLevelEncoder:
+    """Encode texts exactly as a byte-level BPE tokenizer does (without its special-token post-processing)."""
+
+    def __init__(self, backend: Any, vocab: dict[str, int], added: dict[str, int]) -> None:
+        self._backend = backend
+        self._first, self._spaced = _Ids(""), _Ids(" ")  # first chunks; other chunks, without their leading space
+        # `str.split(" ")` finds the chunks unless a space is followed by whitespace (Python's, a superset of the
+        # tokenizers') or by the first character of an added token; then `_chunk_start` does.
+        starts = "".join(sorted({re.escape(token[0]) for token in added}))
+        self._irregular = re.compile(rf" [\s{starts}]")
+        self._chunk_start = re.compile(
+            r" (?=\S)" + ("(?!" + "|".join(map(re.escape, sorted(added, key=len, reverse=True))) + ")" if added else "")
+        )
+        size = max([*vocab.values(), *added.values()], default=0) + 1
+        # Ids are stored as tuples of these int objects, allocated side by side: copying ids touches less memory.
+        self._ints = list(range(size))
+        self._bytes: list[bytes] = [b""] * size
+        for token, i in vocab.items():
+            self._bytes[i] = bytes(_FROM_ALPHABET[c] for c in token)
+        for token, i in added.items():
+            self._bytes[i] = token.encode()
+
+    @classmethod
+    def for_tokenizer(cls, backend: Any) -> ByteLevelEncoder | None:
+        """An encoder for this `tokenizers.Tokenizer`, or None when it is not a byte-level BPE this can reproduce."""
+        if backend.normalizer is not None or backend.pre_tokenizer is None or backend.decoder is None:
+            return None
+        model = backend.model
+        if type(model).__name__ != "BPE" or model.dropout:
+            return None
+        if model.continuing_subword_prefix or model.end_of_word_suffix:
+            return None
+        if json.loads(backend.decoder.__getstate__()).get("type") != "ByteLevel":
+            return None
+        pre = json.loads(backend.pre_tokenizer.__getstate__())
+        if pre.get("type") == "ByteLevel":
+            pattern = _GPT2 if pre.get("use_regex") and not pre.get("add_prefix_space") else ""
+        elif pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 2:
+            split, byte_level = pre["pretokenizers"]
+            ok = split.get("type") == "Split" and split.get("behavior") == "Isolated" and not split.get("invert")
+            ok = ok and byte_level.get("type") == "ByteLevel" and not byte_level.get("use_regex")
+            ok = ok and not byte_level.get("add_prefix_space")
+            pattern = split.get("pattern", {}).get("Regex", "") if ok else ""
+        else:
+            pattern = ""
+        if pattern not in _CHUNK_LOCAL:
+            return None
+        added: dict[str, int] = {}
+        for i, tok in backend.get_added_tokens_decoder().items():
+            if tok.lstrip or tok.rstrip or tok.single_word or not tok.content or " " in tok.content:
+                return None
+            added[tok.content] = i
+        vocab = backend.get_vocab(with_added_tokens=False)
+        if any(c not in _FROM_ALPHABET for token in vocab for c in token):
+            return None
+        return cls(backend, vocab, added)
+
+    def _split(self, text: str, regular: bool) -> list[str]:
+        """The text cut before each space that starts a chunk: chunk i > 0 is " " + part i."""
+        if not regular:
+            return self._chunk_start.split(text)
+        parts = text.split(" ")
+        if len(parts) > 1 and not parts[-1]:  # a space at the end starts no chunk
+            parts[-2] += " "
+            parts.pop()
+        return parts
+
+    def _encode(self, text: str) -> Chunked:
+        parts = self._split(text, not self._irregular.search(text))
+        lists = [self._first[parts[0]], *map(self._spaced.__getitem__, islice(parts, 1, None))]
+        return Chunked(text, parts, lists, self)
+
+    def _encode_segments(self, segments: list[str], prefix: list[int]) -> tuple[list[int], list[int]] | None:
+        """`prefix` + the ids of the segments' concatenation, and the token index where each segment ends.
+
+        Each segment is cut into chunks on its own; where two segments meet, the last chunk of one and the first part
+        of the next must encode together as they do apart. None when they do not (a token crosses the boundary),
+        when whitespace meets whitespace there, or when a segment inside holds no space (it would join both
+        neighbours)."""
+        first, spaced = self._first, self._spaced
+        ids = list(prefix)
+        ends = []
+        last: tuple[_Ids, str] | None = None  # the dict and key of the chunk that ends the text so far
+        for k, segment in enumerate(segments):
+            parts = self._split(segment, not self._irregular.search(segment))
+            if last is not None:
+                table, key = last
+                if (
+                    (len(parts) == 1 and k + 1 < len(segments))
+                    or (segments[k - 1][-1:].isspace() and segment[:1].isspace())
+                    or table[key + parts[0]] != table[key] + first[parts[0]]
+                ):
+                    return None
+            ids += first[parts[0]]
+            ids = reduce(iadd, map(spaced.__getitem__, islice(parts, 1, None)), ids)
+            ends.append(len(ids))
+            last = (first, parts[0]) if len(parts) == 1 else (spaced, parts[-1])
+        return ids, ends
+
+    def encode_segments(self, records: list[list[str]], prefix: list[int]) -> list[tuple[list[int], list[int]] | None]:
+        """`_encode_segments` for each record (a list of segments). Raises `ChunkMismatchError` if the tokenizer's
+        ids for a chunk do not decode back to it."""
+        return self._batch(records, lambda segments: self._encode_segments(segments, prefix))
+
+    def encode_batch(self, texts: list[str]) -> list[Chunked]:
+        """Encode whole texts, cut into chunks. Raises `ChunkMismatchError` as `encode_segments` does."""
+        return self._batch(texts, self._encode)
+
+    def _batch(self, items: list[T], encode: Callable[[T], R]) -> list[R]:
+        """Encode items; the chunks not seen before go to the tokenizer together, then the items that met them are
+        encoded again, until none meets a new chunk (an item can get further once its first new chunks are known)."""
+        out: list[Any] = [None] * len(items)
+        todo: Iterable[int] = range(len(items))
+        while True:
+            redo = []
+            for k in todo:
+                misses = self._first.misses + self._spaced.misses
+                out[k] = encode(items[k])
+                if self._first.misses + self._spaced.misses != misses:
+                    redo.append(k)
+            if not redo:
+                return out
+            self._fill()
+            todo = redo
+
+    def _fill(self) -> None:
+        keys = [(ids, key) for ids in (self._first, self._spaced) for key in ids.pending]
+        # Only the ids are needed: the variant that skips offsets where this tokenizers version has it.
+        encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+        encodings = encode([ids.lead + key for ids, key in keys], add_special_tokens=False)
+        for (ids, key), enc in zip(keys, encodings, strict=True):
+            if self.decode(enc.ids) != ids.lead + key:
+                raise ChunkMismatchError(f"{ids.lead + key!r} encodes to {enc.ids}, which decode to something else")
+            ids[key] = tuple(map(self._ints.__getitem__, enc.ids))
+        for ids in (self._first, self._spaced):
+            ids.pending.clear()
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Decode ids as the byte-level decoder does."""
+        pieces = itemgetter(*ids)(self._bytes) if len(ids) > 1 else [self._bytes[i] for i in ids]
+        return b"".join(pieces).decode("utf-8", "replace")
+
+    def byte_ends(self, ids: Sequence[int]) -> list[int]:
+        """Where each token ends, in bytes from the start of the first."""
+        return list(accumulate(map(len, map(self._bytes.__getitem__, ids))))
+
+
+class Chunked:
+    """A text cut into chunks and the ids of each chunk."""
+
+    __slots__ = ("_enc", "_ends", "_parts", "_text", "lists")
+
+    def __init__(self, text: str, parts: list[str], lists: list[tuple[int, ...]], encoder: ByteLevelEncoder) -> None:
+        # `parts`: the text cut before each space that starts a chunk.
+        self._text, self._parts, self.lists, self._enc = text, parts, lists, encoder
+        self._ends: list[int] = []
+
+    def ids(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """All ids, in order, between `prefix` and `suffix`."""
+        out = reduce(iadd, self.lists, list(prefix))
+        out += suffix
+        return out
+
+    def _chunk_at(self, char: int) -> tuple[int, int, str]:
+        """Index, first character and text of the chunk holding character `char`."""
+        if not self._ends:  # chunk i > 0 is one space longer than parts[i]
+            self._ends = list(accumulate(map(add, map(len, self._parts), repeat(1))))
+        i = bisect_right(self._ends, char + 1)
+        start = self._ends[i - 1] - 1 if i else 0
+        return i, start, self._text[start : self._ends[i] - 1]
+
+    def token_at(self, char: int, *, last: bool) -> tuple[int, str]:
+        """The index of the token holding character `char` (its last byte if `last`, else its first) and that
+        token's text outside the character (after it if `last`, else before it)."""
+        i, start, chunk = self._chunk_at(char)
+        ends = self._enc.byte_ends(self.lists[i])
+        at = len(chunk[: char - start + last].encode()) - last
+        j = bisect_right(ends, at)
+        raw = chunk.encode()
+        outside = raw[at + 1 : ends[j]] if last else raw[ends[j - 1] if j else 0 : at]
+        return sum(map(len, islice(self.lists, i))) + j, outside.decode("utf-8", "replace")
