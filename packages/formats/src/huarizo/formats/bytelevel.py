@@ -32,7 +32,7 @@ _LLAMA3 = (
 )
 _CHUNK_LOCAL = {_GPT2, _LLAMA3, _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")}  # the last: Qwen 2 (one digit a piece)
 # A chunk starts at each space followed by a non-space that does not begin an added token (added tokens are split
-# off first, so a space before one ends the text in front of it).
+# off first, so a space before one ends the text in front of it). Cutting at fewer of these places is also exact.
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -52,17 +52,16 @@ class ChunkMismatchError(Exception):
 
 
 class _Ids(dict[str, tuple[int, ...]]):
-    """key -> ids of `lead + key`; a key not known yet is noted for the next `ByteLevelEncoder.fill`."""
+    """key -> ids of `lead + key`; a key not known yet is noted (and counted) for the next `ByteLevelEncoder._fill`."""
 
-    def __init__(self, lead: str) -> None:
+    def __init__(self, encoder: ByteLevelEncoder, lead: str) -> None:
         super().__init__()
-        self.lead = lead
+        self.encoder, self.lead = encoder, lead
         self.pending: set[str] = set()
-        self.misses = 0
 
     def __missing__(self, key: str) -> tuple[int, ...]:
         self.pending.add(key)
-        self.misses += 1
+        self.encoder.misses += 1
         return ()
 
 
@@ -71,14 +70,14 @@ class ByteLevelEncoder:
 
     def __init__(self, backend: Any, vocab: dict[str, int], added: dict[str, int]) -> None:
         self._backend = backend
-        self._first, self._spaced = _Ids(""), _Ids(" ")  # first chunks; other chunks, without their leading space
+        self.misses = 0  # chunks looked up before they were known
+        self._first, self._spaced = _Ids(self, ""), _Ids(self, " ")  # first chunks; the others, less their space
         # `str.split(" ")` finds the chunks unless a space is followed by whitespace (Python's, a superset of the
-        # tokenizers') or by the first character of an added token; then `_chunk_start` does.
+        # tokenizers') or by the first character of an added token; then `_chunk_start` finds them (leaving out the
+        # spaces before any such character: a chunk may hold several, never one cut in the wrong place).
         starts = "".join(sorted({re.escape(token[0]) for token in added}))
         self._irregular = re.compile(rf" [\s{starts}]")
-        self._chunk_start = re.compile(
-            r" (?=\S)" + ("(?!" + "|".join(map(re.escape, sorted(added, key=len, reverse=True))) + ")" if added else "")
-        )
+        self._chunk_start = re.compile(rf" (?=[^\s{starts}])")
         size = max([*vocab.values(), *added.values()], default=0) + 1
         # Ids are stored as tuples of these int objects, allocated side by side: copying ids touches less memory.
         self._ints = list(range(size))
@@ -148,21 +147,23 @@ class ByteLevelEncoder:
         first, spaced = self._first, self._spaced
         ids = list(prefix)
         ends = []
-        last: tuple[_Ids, str] | None = None  # the dict and key of the chunk that ends the text so far
+        table, key = first, ""  # the dict and key of the chunk that ends the text so far
         for k, segment in enumerate(segments):
             parts = self._split(segment, not self._irregular.search(segment))
-            if last is not None:
-                table, key = last
-                if (
-                    (len(parts) == 1 and k + 1 < len(segments))
-                    or (segments[k - 1][-1:].isspace() and segment[:1].isspace())
-                    or table[key + parts[0]] != table[key] + first[parts[0]]
-                ):
-                    return None
-            ids += first[parts[0]]
-            ids = reduce(iadd, map(spaced.__getitem__, islice(parts, 1, None)), ids)
+            head = parts[0]
+            if k and (
+                (len(parts) == 1 and k + 1 < len(segments))
+                or (segments[k - 1][-1:].isspace() and segment[:1].isspace())
+                or table[key + head] != table[key] + first[head]
+            ):
+                return None
+            ids += first[head]
+            if len(parts) == 1:
+                table, key = first, head
+            else:
+                ids = reduce(iadd, map(spaced.__getitem__, islice(parts, 1, None)), ids)
+                table, key = spaced, parts[-1]
             ends.append(len(ids))
-            last = (first, parts[0]) if len(parts) == 1 else (spaced, parts[-1])
         return ids, ends
 
     def encode_segments(self, records: list[list[str]], prefix: list[int]) -> list[tuple[list[int], list[int]] | None]:
@@ -182,9 +183,9 @@ class ByteLevelEncoder:
         while True:
             redo = []
             for k in todo:
-                misses = self._first.misses + self._spaced.misses
+                misses = self.misses
                 out[k] = encode(items[k])
-                if self._first.misses + self._spaced.misses != misses:
+                if self.misses != misses:
                     redo.append(k)
             if not redo:
                 return out

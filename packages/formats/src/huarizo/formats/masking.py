@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from huarizo.formats.bytelevel import ByteLevelEncoder, Chunked, ChunkMismatchError
 from huarizo.formats.errors import HuarizoError
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # `_CHECK_FIRST` records and on every `_CHECK_EVERY`-th record after them.
 _CACHED_MIN_RECORDS = 256
 _CHECK_FIRST = 64
-_CHECK_EVERY = 256
+_CHECK_EVERY = 1024
 _BLOCK = 1024  # records between two calls to the tokenizer for the chunks not seen yet
 
 
@@ -67,8 +67,7 @@ class TokenizeStats:
     """Records encoded by the cached byte-level path; the others were encoded by the tokenizer itself."""
 
 
-@dataclass
-class _Encoded:
+class _Encoded(NamedTuple):
     ids: list[int]
     spans: list[tuple[int, int, str]]
     """Token ranges `[start, end)` of the answers, with each answer's text."""
@@ -126,20 +125,17 @@ def _rust_spans(segs: list[Segment], enc: Any) -> list[tuple[int, int, str]] | N
     return spans
 
 
-def _segment_spans(
-    segs: list[Segment], got: tuple[list[int], list[int]], offset: int, suffix: list[int]
-) -> _Encoded | None:
-    """The encoding of a record whose segments were encoded one after the other (`got`: ids and where each segment
-    ends); None if an answer starts or ends with whitespace (which may share a token with its neighbours)."""
-    ids, ends = got
+def _segment_spans(segs: list[Segment], ends: list[int], offset: int) -> list[tuple[int, int, str]] | None:
+    """Answer spans of a record whose segments were encoded one after the other (`ends`: the token index where each
+    segment ends); None if an answer starts or ends with whitespace (which may share a token with its neighbours)."""
     spans = []
     for j, seg in enumerate(segs):
-        if seg.trainable and seg.text:
-            if seg.text[0].isspace() or seg.text[-1].isspace():
+        text = seg.text
+        if seg.trainable and text:
+            if text[0].isspace() or text[-1].isspace():
                 return None
-            spans.append((ends[j - 1] if j else offset, ends[j], seg.text))
-    ids += suffix
-    return _Encoded(ids, spans)
+            spans.append((ends[j - 1] if j else offset, ends[j], text))
+    return spans
 
 
 def _cached_spans(segs: list[Segment], chunked: Chunked, offset: int) -> list[tuple[int, int, str]] | None:
@@ -195,46 +191,6 @@ def _encode_rust(
     return out
 
 
-def _encode_cached(
-    encoder: ByteLevelEncoder,
-    backend: Any,
-    rendered: list[list[Segment]],
-    add_special: bool,
-    around: tuple[list[int], list[int]],
-) -> list[_Encoded] | None:
-    """Encode with the cached byte-level encoder, checked against the tokenizer on a sample of records; None when
-    the encoder cannot reproduce the tokenizer."""
-    prefix, suffix = around
-    out: list[_Encoded | None] = []
-    try:
-        for start in range(0, len(rendered), _BLOCK):
-            block = rendered[start : start + _BLOCK]
-            by_segments = encoder.encode_segments([[s.text for s in segs] for segs in block], prefix)
-            out += [
-                _segment_spans(segs, got, len(prefix), suffix) if got else None
-                for segs, got in zip(block, by_segments, strict=True)
-            ]
-            # Where a segment boundary falls inside a token: encode the whole text, cut into chunks.
-            rest = [i for i in range(start, len(out)) if out[i] is None]
-            whole = encoder.encode_batch(["".join(s.text for s in rendered[i]) for i in rest])
-            for i, chunked in zip(rest, whole, strict=True):
-                spans = _cached_spans(rendered[i], chunked, len(prefix))
-                out[i] = None if spans is None else _Encoded(chunked.ids(prefix, suffix), spans)
-            # Where a token crosses an answer's edge: encode the segments one by one.
-            for i in [i for i in rest if out[i] is None]:
-                alone = [c.ids([], []) for c in encoder.encode_batch([s.text for s in rendered[i]])]
-                out[i] = _by_segments(rendered[i], alone, prefix, suffix)
-    except ChunkMismatchError as e:
-        log.warning("the cached byte-level encoder cannot reproduce this tokenizer (%s); using the tokenizer", e)
-        return None
-    check = sorted({*range(min(_CHECK_FIRST, len(out))), *range(0, len(out), _CHECK_EVERY)})
-    for i, want in zip(check, _encode_rust(backend, [rendered[i] for i in check], add_special, around), strict=True):
-        if out[i] != want or encoder.decode(want.ids) != backend.decode(want.ids, skip_special_tokens=False):
-            log.warning("record %d: the cached byte-level encoding differs from the tokenizer's; using it instead", i)
-            return None
-    return cast(list[_Encoded], out)
-
-
 def tokenize_conversations(
     convs: Sequence[Conversation],
     template: Template,
@@ -252,83 +208,8 @@ def tokenize_conversations(
         raise MaskError("tokenize_conversations needs a Hugging Face fast tokenizer (with a backend_tokenizer)")
     backend.no_truncation()
     backend.no_padding()
-    encoder = ByteLevelEncoder.for_tokenizer(backend) if len(convs) >= _CACHED_MIN_RECORDS else None
-    job = _Job(convs, template, tokenizer, backend, encoder, max_length, verify)
     with _no_gc():
-        masked, stats = _tokenize(job, 0, len(convs))
-        return [_sample(job, *m) for m in masked], stats
-
-
-@dataclass
-class _Job:
-    convs: Sequence[Conversation]
-    template: Template
-    tokenizer: Any
-    backend: Any
-    encoder: ByteLevelEncoder | None
-    max_length: int
-    verify: bool
-
-
-_Masked = tuple[int, list[int], list[tuple[int, int]]]
-"""A kept record: its index, its ids, and the token ranges `[start, end)` that are trained."""
-
-
-def _sample(job: _Job, i: int, ids: list[int], trained: list[tuple[int, int]]) -> TokenizedSample:
-    labels = [IGNORE_INDEX] * len(ids)
-    for start, end in trained:
-        labels[start:end] = ids[start:end]
-    return TokenizedSample(ids, labels, job.convs[i].id)
-
-
-def _tokenize(job: _Job, lo: int, hi: int) -> tuple[list[_Masked], TokenizeStats]:
-    """Tokenize, mask and verify records `lo:hi` of the job."""
-    convs, template, backend, max_length = job.convs, job.template, job.backend, job.max_length
-    eos, bos = _special(job.tokenizer, "eos_token", DEFAULT_EOS), _special(job.tokenizer, "bos_token", DEFAULT_BOS)
-    rendered = [template.render(convs[i], eos=eos, bos=bos) for i in range(lo, hi)]
-    stats = TokenizeStats(total=len(rendered))
-    around = _special_around(backend, template.add_special_tokens)
-    encoder = job.encoder if around is not None else None
-    add_special = template.add_special_tokens
-    encoded = _encode_cached(encoder, backend, rendered, add_special, around) if encoder and around else None
-    if encoded is None:
-        encoder, encoded = None, _encode_rust(backend, rendered, add_special, around)
-    else:
-        stats.cached = len(encoded)
-    stats.resegmented = sum(1 for enc in encoded if enc.resegmented)
-
-    masked: list[_Masked] = []
-    checks: list[tuple[int, str, list[int], bool]] = []
-    for i, enc in enumerate(encoded, lo):
-        ids = enc.ids
-        n = min(len(ids), max_length)
-        trained = [(start, min(end, n)) for start, end, _ in enc.spans if start < n]
-        cut = n < len(ids)
-        if cut:
-            stats.truncated += 1
-            ids = ids[:n]
-        if not trained:
-            stats.dropped["no trained token after truncation" if cut else "empty answer"] += 1
-            continue
-        masked.append((i, ids, trained))
-        if job.verify:
-            checks += [(i, core, ids[start:end], end > n) for start, end, core in enc.spans if start < n]
-    stats.kept = len(masked)
-    if checks:
-        trained_ids = [c[2] for c in checks]
-        decoded = list(map(encoder.decode, trained_ids)) if encoder else backend.decode_batch(trained_ids, False)
-        for (i, want, _ids, truncated), text in zip(checks, decoded, strict=True):
-            if truncated:  # a cut can split a multi-byte character, which decodes to U+FFFD
-                ok = _norm(want).startswith(_norm(text).rstrip("\ufffd"))
-            else:  # the byte-level decoder is exact; others differ in the spaces around special tokens
-                ok = text.strip() == want if encoder else _norm(text) == _norm(want)
-            if not ok:
-                who = convs[i].id or f"record {i}"
-                raise MaskError(
-                    f"{who}: the trained tokens do not decode to the answer.\n"
-                    f"  trained : {text!r}\n  expected: {want!r}"
-                )
-    return masked, stats
+        return _Masker(convs, template, tokenizer, backend, max_length, verify).run()
 
 
 def tokenize_conversation(
@@ -337,3 +218,161 @@ def tokenize_conversation(
     """Tokenize and mask one conversation; None when truncation leaves no trained token."""
     samples, _ = tokenize_conversations([conv], template, tokenizer, max_length)
     return samples[0] if samples else None
+
+
+_Check = tuple[int, str, list[int], bool]
+"""What verification compares: record index, answer text, its trained ids, and whether truncation cut them."""
+
+
+class _CachedPathFailed(Exception):
+    """The cached encoder disagrees with the tokenizer: the batch goes to the tokenizer instead."""
+
+
+class _Masker:
+    """One `tokenize_conversations` call: the records, the counts, and the two ways to encode them."""
+
+    def __init__(
+        self,
+        convs: Sequence[Conversation],
+        template: Template,
+        tokenizer: Any,
+        backend: Any,
+        max_length: int,
+        verify: bool,
+    ) -> None:
+        self.convs, self.template, self.backend = convs, template, backend
+        self.max_length, self.verify = max_length, verify
+        self.eos, self.bos = (
+            _special(tokenizer, "eos_token", DEFAULT_EOS),
+            _special(tokenizer, "bos_token", DEFAULT_BOS),
+        )
+        self.add_special = template.add_special_tokens
+        self.around = _special_around(backend, self.add_special)
+        self.stats = TokenizeStats(total=len(convs))
+
+    def render(self, lo: int, hi: int) -> list[list[Segment]]:
+        """Records `lo:hi` as the template lays them out."""
+        render, eos, bos = self.template.render, self.eos, self.bos
+        return [render(self.convs[i], eos=eos, bos=bos) for i in range(lo, hi)]
+
+    def run(self) -> tuple[list[TokenizedSample], TokenizeStats]:
+        encoder = None
+        if len(self.convs) >= _CACHED_MIN_RECORDS and self.around is not None:
+            encoder = ByteLevelEncoder.for_tokenizer(self.backend)
+        samples = None
+        if encoder is not None:
+            try:
+                samples = self._cached(encoder)
+            except (_CachedPathFailed, ChunkMismatchError) as e:
+                log.warning(
+                    "the cached byte-level encoder cannot reproduce this tokenizer (%s); using the tokenizer", e
+                )
+                self.stats = TokenizeStats(total=len(self.convs))
+        if samples is None:
+            samples = self._by_tokenizer()
+        self.stats.kept = len(samples)
+        return samples, self.stats
+
+    def _mask(
+        self, i: int, ids: list[int], spans: list[tuple[int, int, str]], checks: list[_Check], resegmented: bool
+    ) -> TokenizedSample | None:
+        """Cut a record at max_length and label its answers; None (and a counted reason) if none is left."""
+        n = min(len(ids), self.max_length)
+        cut = n < len(ids)
+        if cut:
+            self.stats.truncated += 1
+            ids = ids[:n]
+        labels = [IGNORE_INDEX] * n
+        trained = False
+        for start, end, core in spans:
+            if start < n:
+                labels[start : min(end, n)] = part = ids[start : min(end, n)]
+                trained = True
+                if self.verify:
+                    checks.append((i, core, part, end > n))
+        if not trained:
+            self.stats.dropped["no trained token after truncation" if cut else "empty answer"] += 1
+            return None
+        self.stats.resegmented += resegmented
+        return TokenizedSample(ids, labels, self.convs[i].id)
+
+    def _verify(self, checks: list[_Check], decoded: list[str], exact: bool) -> _Check | None:
+        """The first check whose trained ids do not decode to the answer, or None."""
+        for check, text in zip(checks, decoded, strict=True):
+            want, truncated = check[1], check[3]
+            if truncated:  # a cut can split a multi-byte character, which decodes to U+FFFD
+                ok = _norm(want).startswith(_norm(text).rstrip("\ufffd"))
+            else:  # the byte-level decoder is exact; others differ in the spaces around special tokens
+                ok = text.strip() == want if exact else _norm(text) == _norm(want)
+            if not ok:
+                return check
+        return None
+
+    def _raise(self, check: _Check, text: str) -> None:
+        who = self.convs[check[0]].id or f"record {check[0]}"
+        raise MaskError(
+            f"{who}: the trained tokens do not decode to the answer.\n  trained : {text!r}\n  expected: {check[1]!r}"
+        )
+
+    def _by_tokenizer(self) -> list[TokenizedSample]:
+        checks: list[_Check] = []
+        encoded = _encode_rust(self.backend, self.render(0, len(self.convs)), self.add_special, self.around)
+        samples = [self._mask(i, enc.ids, enc.spans, checks, enc.resegmented) for i, enc in enumerate(encoded)]
+        decoded = self.backend.decode_batch([c[2] for c in checks], False) if checks else []
+        bad = self._verify(checks, decoded, exact=False)
+        if bad is not None:
+            self._raise(bad, decoded[checks.index(bad)])
+        return [s for s in samples if s is not None]
+
+    def _encode_cached(self, encoder: ByteLevelEncoder, rendered: list[list[Segment]]) -> list[_Encoded]:
+        """Encode records with the cached encoder: segment after segment where their boundaries fall between tokens,
+        else the whole text; where a token also crosses an answer's edge, the segments one by one, as a server
+        sees a prompt on its own."""
+        prefix, suffix = cast(tuple[list[int], list[int]], self.around)
+        out: list[_Encoded | None] = []
+        by_segments = encoder.encode_segments([[s.text for s in r] for r in rendered], prefix)
+        for segs, got in zip(rendered, by_segments, strict=True):
+            spans = _segment_spans(segs, got[1], len(prefix)) if got is not None else None
+            if got is None or spans is None:
+                out.append(None)
+                continue
+            ids = got[0]
+            ids += suffix
+            out.append(_Encoded(ids, spans))
+        rest = [k for k, enc in enumerate(out) if enc is None]
+        whole = encoder.encode_batch(["".join(s.text for s in rendered[k]) for k in rest])
+        for k, chunked in zip(rest, whole, strict=True):
+            spans = _cached_spans(rendered[k], chunked, len(prefix))
+            if spans is None:
+                alone = [c.ids([], []) for c in encoder.encode_batch([s.text for s in rendered[k]])]
+                out[k] = _by_segments(rendered[k], alone, prefix, suffix)
+            else:
+                out[k] = _Encoded(chunked.ids(prefix, suffix), spans)
+        return cast(list[_Encoded], out)
+
+    def _cached(self, encoder: ByteLevelEncoder) -> list[TokenizedSample]:
+        n = len(self.convs)
+        self._check(encoder, sorted({*range(min(_CHECK_FIRST, n)), *range(0, n, _CHECK_EVERY)}))
+        samples: list[TokenizedSample] = []
+        for lo in range(0, n, _BLOCK):  # block by block: a block's rendered text is freed before the next
+            checks: list[_Check] = []
+            encoded = self._encode_cached(encoder, self.render(lo, min(lo + _BLOCK, n)))
+            for i, enc in enumerate(encoded, lo):
+                sample = self._mask(i, enc.ids, enc.spans, checks, enc.resegmented)
+                if sample is not None:
+                    samples.append(sample)
+            decoded = [encoder.decode(c[2]) for c in checks]
+            bad = self._verify(checks, decoded, exact=True)
+            if bad is not None:  # before blaming the data, make sure the tokenizer agrees with the cached encoding
+                self._check(encoder, [bad[0]])
+                self._raise(bad, decoded[checks.index(bad)])
+        self.stats.cached = n
+        return samples
+
+    def _check(self, encoder: ByteLevelEncoder, records: list[int]) -> None:
+        """Raise `_CachedPathFailed` unless the cached encoding of these records is the tokenizer's."""
+        rendered = [self.render(i, i + 1)[0] for i in records]
+        want = _encode_rust(self.backend, rendered, self.add_special, self.around)
+        for i, mine, ref in zip(records, self._encode_cached(encoder, rendered), want, strict=True):
+            if mine != ref or encoder.decode(ref.ids) != self.backend.decode(ref.ids, skip_special_tokens=False):
+                raise _CachedPathFailed(f"record {i} encodes differently")

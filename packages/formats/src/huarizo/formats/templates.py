@@ -15,7 +15,7 @@ import random
 import re
 import string
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from huarizo.formats.errors import HuarizoError
 from huarizo.formats.schemas import Conversation, Message
@@ -29,8 +29,7 @@ class TemplateError(HuarizoError, ValueError):
     """A conversation the template cannot render, or an unknown template."""
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """A piece of rendered text; `trainable` pieces are the ones the loss is computed on."""
 
     text: str
