@@ -1,12 +1,12 @@
 """Tokenize conversations and mask everything but the assistant answers, and verify the mask.
 
-Each rendered conversation is encoded as one text, so the tokens are exactly the ones the model sees at inference;
+The ids of a record are those of its rendered text encoded as one string, exactly what the model sees at inference;
 the tokens from the one holding an answer's first character to the one holding its last are trained (whitespace
 around the answer belongs to whichever token the tokenizer puts it in). Byte-level BPE tokenizers (GPT-2, Llama 3
-and Qwen 2 style) take a cached path that reproduces the tokenizer exactly and several times faster (`bytelevel`),
-checked against the tokenizer on a sample of every batch; other tokenizers are called once per batch. Every
-record's mask is then verified: the trained tokens, decoded, must equal each answer plus its end of turn; a
-mismatch raises `MaskError` showing both sides, never a silently masked sample.
+and Qwen 2 style) take a cached path that gives the tokenizer's ids several times faster (`bytelevel`), checked
+against the tokenizer on a sample of every batch; other tokenizers are called once per batch. Every record's mask is
+then verified: the trained tokens, decoded, must equal each answer plus its end of turn; a mismatch raises
+`MaskError` showing both sides, never a silently masked sample.
 """
 
 from __future__ import annotations
