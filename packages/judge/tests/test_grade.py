@@ -31,6 +31,23 @@ def _texts(path: Path) -> dict[int, str]:
     return {(d := json.loads(line))["question_id"]: d["text"] for line in path.open()}
 
 
+def _verdict(a: float, b: float) -> str:
+    return "1" if a > b else "2" if b > a else "tie"
+
+
+def _hand_agreement(reviews: Path, judge: dict[int, str]) -> tuple[int, int, int]:
+    """Counted by hand against the GPT-4 reviews: (same verdict, both decided, same verdict among those)."""
+    same = decided = same_decided = 0
+    for line in reviews.open():
+        r = json.loads(line)
+        label, mine = _verdict(*r["score"]), judge[r["question_id"]]
+        same += mine == label
+        if "tie" not in (mine, label):
+            decided += 1
+            same_decided += mine == label
+    return same, decided, same_decided
+
+
 def test_first_position_judge_gives_all_ties_and_zero_consistency(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
     with ScriptedServer(prefer_first) as server:
         cfg = _cfg(
@@ -79,17 +96,8 @@ def test_longer_judge_matches_hand_count_on_real_answers(tmp_path, vicuna) -> No
 
 def test_agreement_with_gpt4_reviews_matches_hand_count(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
     mine, base = _texts(vicuna["answer"]("alpaca-13b")), _texts(vicuna["answer"](BASE))
-    same = decided = same_decided = 0
-    for line in vicuna["review"]("alpaca-13b").open():
-        r = json.loads(line)
-        s1, s2 = r["score"]
-        label = "1" if s1 > s2 else "2" if s2 > s1 else "tie"
-        q = r["question_id"]
-        judge = "1" if len(mine[q]) > len(base[q]) else "2" if len(base[q]) > len(mine[q]) else "tie"
-        same += judge == label
-        if "tie" not in (judge, label):
-            decided += 1
-            same_decided += judge == label
+    judge = {q: _verdict(len(mine[q]), len(base[q])) for q in base}
+    same, decided, same_decided = _hand_agreement(vicuna["review"]("alpaca-13b"), judge)
     with ScriptedServer(prefer_longer) as server:
         cfg = _cfg(
             server,
@@ -253,18 +261,8 @@ def test_single_scores_agreement_with_gpt4_reviews(tmp_path, vicuna) -> None:  #
         return f"Rating: [[{min(10, 1 + len(shown_answer(req)) // 300)}]]"
 
     mine, base = _texts(vicuna["answer"]("llama-13b")), _texts(vicuna["answer"](BASE))
-    score = {k: {q: min(10, 1 + len(t) // 300) for q, t in v.items()} for k, v in (("1", mine), ("2", base))}
-    same = n_decided = same_decided = 0
-    for line in vicuna["review"]("llama-13b").open():
-        r = json.loads(line)
-        q, (s1, s2) = r["question_id"], r["score"]
-        label = "1" if s1 > s2 else "2" if s2 > s1 else "tie"
-        a, b = score["1"][q], score["2"][q]
-        judge = "1" if a > b else "2" if b > a else "tie"
-        same += judge == label
-        if "tie" not in (judge, label):
-            n_decided += 1
-            same_decided += judge == label
+    judge = {q: _verdict(min(10, 1 + len(mine[q]) // 300), min(10, 1 + len(base[q]) // 300)) for q in base}
+    same, n_decided, same_decided = _hand_agreement(vicuna["review"]("llama-13b"), judge)
     with ScriptedServer(by_length) as server:
         cfg = _cfg(
             server,
