@@ -122,9 +122,9 @@ class ByteLevelEncoder:
             return None
         return cls(backend, vocab, added)
 
-    def _split(self, text: str, regular: bool) -> list[str]:
+    def _split(self, text: str) -> list[str]:
         """The text cut before each space that starts a chunk: chunk i > 0 is " " + part i."""
-        if not regular:
+        if self._irregular.search(text):
             return self._chunk_start.split(text)
         parts = text.split(" ")
         if len(parts) > 1 and not parts[-1]:  # a space at the end starts no chunk
@@ -133,7 +133,7 @@ class ByteLevelEncoder:
         return parts
 
     def _encode(self, text: str) -> Chunked:
-        parts = self._split(text, not self._irregular.search(text))
+        parts = self._split(text)
         lists = [self._first[parts[0]], *map(self._spaced.__getitem__, islice(parts, 1, None))]
         return Chunked(text, parts, lists, self)
 
@@ -149,7 +149,7 @@ class ByteLevelEncoder:
         ends = []
         table, key = first, ""  # the dict and key of the chunk that ends the text so far
         for k, segment in enumerate(segments):
-            parts = self._split(segment, not self._irregular.search(segment))
+            parts = self._split(segment)
             head = parts[0]
             if k and (
                 (len(parts) == 1 and k + 1 < len(segments))
