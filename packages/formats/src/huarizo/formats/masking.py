@@ -277,6 +277,7 @@ class _Masker:
         self, i: int, ids: list[int], spans: list[tuple[int, int, str]], checks: list[_Check], resegmented: bool
     ) -> TokenizedSample | None:
         """Cut a record at max_length and label its answers; None (and a counted reason) if none is left."""
+        self.stats.resegmented += resegmented
         n = min(len(ids), self.max_length)
         cut = n < len(ids)
         if cut:
@@ -293,19 +294,18 @@ class _Masker:
         if not trained:
             self.stats.dropped["no trained token after truncation" if cut else "empty answer"] += 1
             return None
-        self.stats.resegmented += resegmented
         return TokenizedSample(ids, labels, self.convs[i].id)
 
-    def _verify(self, checks: list[_Check], decoded: list[str], exact: bool) -> _Check | None:
-        """The first check whose trained ids do not decode to the answer, or None."""
-        for check, text in zip(checks, decoded, strict=True):
+    def _verify(self, checks: list[_Check], decoded: list[str], exact: bool) -> int | None:
+        """Where the first check whose trained ids do not decode to the answer is, or None."""
+        for k, (check, text) in enumerate(zip(checks, decoded, strict=True)):
             want, truncated = check[1], check[3]
             if truncated:  # a cut can split a multi-byte character, which decodes to U+FFFD
                 ok = _norm(want).startswith(_norm(text).rstrip("\ufffd"))
             else:  # the byte-level decoder is exact; others differ in the spaces around special tokens
                 ok = text.strip() == want if exact else _norm(text) == _norm(want)
             if not ok:
-                return check
+                return k
         return None
 
     def _raise(self, check: _Check, text: str) -> None:
@@ -321,7 +321,7 @@ class _Masker:
         decoded = self.backend.decode_batch([c[2] for c in checks], False) if checks else []
         bad = self._verify(checks, decoded, exact=False)
         if bad is not None:
-            self._raise(bad, decoded[checks.index(bad)])
+            self._raise(checks[bad], decoded[bad])
         return [s for s in samples if s is not None]
 
     def _encode_cached(self, encoder: ByteLevelEncoder, rendered: list[list[Segment]]) -> list[_Encoded]:
@@ -364,8 +364,8 @@ class _Masker:
             decoded = [encoder.decode(c[2]) for c in checks]
             bad = self._verify(checks, decoded, exact=True)
             if bad is not None:  # before blaming the data, make sure the tokenizer agrees with the cached encoding
-                self._check(encoder, [bad[0]])
-                self._raise(bad, decoded[checks.index(bad)])
+                self._check(encoder, [checks[bad][0]])
+                self._raise(checks[bad], decoded[bad])
         self.stats.cached = n
         return samples
 
