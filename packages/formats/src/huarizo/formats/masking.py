@@ -273,11 +273,10 @@ class _Masker:
         self.stats.kept = len(samples)
         return samples, self.stats
 
-    def _mask(
-        self, i: int, ids: list[int], spans: list[tuple[int, int, str]], checks: list[_Check], resegmented: bool
-    ) -> TokenizedSample | None:
+    def _mask(self, i: int, enc: _Encoded, checks: list[_Check]) -> TokenizedSample | None:
         """Cut a record at max_length and label its answers; None (and a counted reason) if none is left."""
-        self.stats.resegmented += resegmented
+        self.stats.resegmented += enc.resegmented
+        ids = enc.ids
         n = min(len(ids), self.max_length)
         cut = n < len(ids)
         if cut:
@@ -285,7 +284,7 @@ class _Masker:
             ids = ids[:n]
         labels = [IGNORE_INDEX] * n
         trained = False
-        for start, end, core in spans:
+        for start, end, core in enc.spans:
             if start < n:
                 labels[start : min(end, n)] = part = ids[start : min(end, n)]
                 trained = True
@@ -317,7 +316,7 @@ class _Masker:
     def _by_tokenizer(self) -> list[TokenizedSample]:
         checks: list[_Check] = []
         encoded = _encode_rust(self.backend, self.render(0, len(self.convs)), self.add_special, self.around)
-        samples = [self._mask(i, enc.ids, enc.spans, checks, enc.resegmented) for i, enc in enumerate(encoded)]
+        samples = [self._mask(i, enc, checks) for i, enc in enumerate(encoded)]
         decoded = self.backend.decode_batch([c[2] for c in checks], False) if checks else []
         bad = self._verify(checks, decoded, exact=False)
         if bad is not None:
@@ -358,7 +357,7 @@ class _Masker:
             checks: list[_Check] = []
             encoded = self._encode_cached(encoder, self.render(lo, min(lo + _BLOCK, n)))
             for i, enc in enumerate(encoded, lo):
-                sample = self._mask(i, enc.ids, enc.spans, checks, enc.resegmented)
+                sample = self._mask(i, enc, checks)
                 if sample is not None:
                     samples.append(sample)
             decoded = [encoder.decode(c[2]) for c in checks]
