@@ -136,12 +136,17 @@ def test_cached_path_gives_what_the_tokenizer_gives(
     assert samples == one_by_one  # each call with one record uses the tokenizer itself
 
 
+@pytest.fixture(scope="module")
+def gpt2_like() -> Any:
+    return build_tokenizer(TRICKY * 50 + ["the quick brown fox jumps over the lazy dog's back"] * 20)
+
+
 @given(st.lists(st.lists(st.sampled_from(TRICKY), max_size=12).map("".join), min_size=1, max_size=4))
 @settings(max_examples=300, deadline=None)
-def test_encoder_matches_the_tokenizer_on_any_text(segments: list[str]) -> None:
-    encoder = ByteLevelEncoder.for_tokenizer(GPT2_LIKE.backend_tokenizer)
+def test_encoder_matches_the_tokenizer_on_any_text(gpt2_like: Any, segments: list[str]) -> None:
+    backend = gpt2_like.backend_tokenizer
+    encoder = ByteLevelEncoder.for_tokenizer(backend)
     assert encoder is not None
-    backend = GPT2_LIKE.backend_tokenizer
     text = "".join(segments)
     (whole,) = encoder.encode_batch([text])
     assert whole.ids([], []) == backend.encode(text, add_special_tokens=False).ids
@@ -151,9 +156,6 @@ def test_encoder_matches_the_tokenizer_on_any_text(segments: list[str]) -> None:
         assert ids == backend.encode(text, add_special_tokens=False).ids
         starts = [0, *ends[:-1]]
         assert [encoder.decode(ids[a:b]) for a, b in zip(starts, ends, strict=True)] == segments
-
-
-GPT2_LIKE = build_tokenizer(TRICKY * 50 + ["the quick brown fox jumps over the lazy dog's back"] * 20)
 
 
 def test_tokenizers_it_cannot_reproduce_are_used_directly(corpus: list[Conversation]) -> None:
