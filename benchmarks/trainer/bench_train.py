@@ -79,7 +79,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model = _build_model(root / "model", texts, vocab=8000, hidden=512, layers=4, heads=8)
     tok = AutoTokenizer.from_pretrained(model)
     samples, _ = tokenize_conversations(convs, get_template("alpaca"), tok, 512)
-    data = {"pad_id": tok.pad_token_id, "samples": [[s.input_ids, s.labels] for s in samples]}
+    data = {"pad_id": tok.pad_token_id, "samples": [[s.input_ids.tolist(), s.labels.tolist()] for s in samples]}
     (root / "samples.json").write_text(json.dumps(data))
     n_params = sum(
         p.numel() for p in __import__("safetensors.torch").torch.load_file(model / "model.safetensors").values()

@@ -72,7 +72,7 @@ def test_alpaca_labels_match_stanford_where_its_prefix_assumption_holds(shared_d
         sample = next(kept)
         source_ids = tiny_tokenizer(ALPACA.generation_prompt(Conversation(messages=conv.messages[:-1])))["input_ids"]
         if ids[: len(source_ids)] == source_ids:
-            assert sample.input_ids == ids and sample.labels == labels
+            assert sample.input_ids.tolist() == ids and sample.labels.tolist() == labels
             compared += 1
     assert compared > 250
 

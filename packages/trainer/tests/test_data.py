@@ -55,7 +55,7 @@ def test_engine_labels_are_the_assistant_text(
             segs = _segments(batch, r)
             for i, (a, b) in zip(row, segs, strict=False):
                 sample = samples[i]
-                assert b - a == len(sample) and batch["input_ids"][r, a:b].tolist() == sample.input_ids
+                assert b - a == len(sample) and batch["input_ids"][r, a:b].tolist() == sample.input_ids.tolist()
                 tgt = batch["targets"][r, a:b].tolist()
                 assert tgt[-1] == IGNORE_INDEX  # a sample's last token predicts nothing: no loss across borders
                 answers = [m.content for m in convs[i].turns if m.role == "assistant"]

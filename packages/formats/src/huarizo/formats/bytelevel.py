@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from functools import reduce
 from itertools import accumulate, islice, repeat
-from operator import add, iadd, itemgetter
+from operator import add, itemgetter
 from typing import Any, TypeVar
 
 # Pre-tokenizer regexes whose pieces never hold " X" (a space, then a non-space) past their first character:
@@ -43,6 +43,9 @@ def _byte_alphabet() -> dict[str, int]:
 
 
 _FROM_ALPHABET = _byte_alphabet()
+TYPECODE = "i"
+"""Ids are kept as C ints (`array.array(TYPECODE)`, or its bytes): compact, and nothing for the garbage collector."""
+WIDTH = array(TYPECODE).itemsize
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -51,18 +54,19 @@ class ChunkMismatchError(Exception):
     """A chunk's ids, from the tokenizer, do not decode back to the chunk."""
 
 
-class _Ids(dict[str, tuple[int, ...]]):
-    """key -> ids of `lead + key`; a key not known yet is noted (and counted) for the next `ByteLevelEncoder._fill`."""
+class _Ids(dict[str, bytes]):
+    """key -> ids of `lead + key` (as `TYPECODE` bytes); a key not known yet is noted (and counted) for the next
+    `ByteLevelEncoder._fill`."""
 
     def __init__(self, encoder: ByteLevelEncoder, lead: str) -> None:
         super().__init__()
         self.encoder, self.lead = encoder, lead
         self.pending: set[str] = set()
 
-    def __missing__(self, key: str) -> tuple[int, ...]:
+    def __missing__(self, key: str) -> bytes:
         self.pending.add(key)
         self.encoder.misses += 1
-        return ()
+        return b""
 
 
 class ByteLevelEncoder:
@@ -79,8 +83,6 @@ class ByteLevelEncoder:
         self._irregular = re.compile(rf" [\s{starts}]")
         self._chunk_start = re.compile(rf" (?=[^\s{starts}])")
         size = max([*vocab.values(), *added.values()], default=0) + 1
-        # Ids are stored as tuples of these int objects, allocated side by side: copying ids touches less memory.
-        self._ints = list(range(size))
         self._bytes: list[bytes] = [b""] * size
         for token, i in vocab.items():
             self._bytes[i] = bytes(_FROM_ALPHABET[c] for c in token)
@@ -137,16 +139,18 @@ class ByteLevelEncoder:
         lists = [self._first[parts[0]], *map(self._spaced.__getitem__, islice(parts, 1, None))]
         return Chunked(text, parts, lists, self)
 
-    def _encode_segments(self, segments: list[str], prefix: list[int]) -> tuple[list[int], list[int]] | None:
-        """`prefix` + the ids of the segments' concatenation, and the token index where each segment ends.
+    def _encode_segments(self, segments: list[str], prefix: bytes) -> tuple[array[int], list[int]] | None:
+        """`prefix` (ids as bytes) + the ids of the segments' concatenation, and the token index where each segment
+        ends.
 
         Each segment is cut into chunks on its own; where two segments meet, the last chunk of one and the first part
         of the next must encode together as they do apart. None when they do not (a token crosses the boundary),
         when whitespace meets whitespace there, or when a segment inside holds no space (it would join both
         neighbours)."""
         first, spaced = self._first, self._spaced
-        ids = list(prefix)
+        pieces = [prefix]
         ends = []
+        size = len(prefix)
         table, key = first, ""  # the dict and key of the chunk that ends the text so far
         for k, segment in enumerate(segments):
             parts = self._split(segment)
@@ -157,19 +161,24 @@ class ByteLevelEncoder:
                 or table[key + head] != table[key] + first[head]
             ):
                 return None
-            ids += first[head]
             if len(parts) == 1:
+                piece = first[head]
                 table, key = first, head
             else:
-                ids = reduce(iadd, map(spaced.__getitem__, islice(parts, 1, None)), ids)
+                piece = b"".join([first[head], *map(spaced.__getitem__, islice(parts, 1, None))])
                 table, key = spaced, parts[-1]
-            ends.append(len(ids))
-        return ids, ends
+            pieces.append(piece)
+            size += len(piece)
+            ends.append(size // WIDTH)
+        return array(TYPECODE, b"".join(pieces)), ends
 
-    def encode_segments(self, records: list[list[str]], prefix: list[int]) -> list[tuple[list[int], list[int]] | None]:
+    def encode_segments(
+        self, records: list[list[str]], prefix: Sequence[int]
+    ) -> list[tuple[array[int], list[int]] | None]:
         """`_encode_segments` for each record (a list of segments). Raises `ChunkMismatchError` if the tokenizer's
         ids for a chunk do not decode back to it."""
-        return self._batch(records, lambda segments: self._encode_segments(segments, prefix))
+        head = array(TYPECODE, prefix).tobytes()
+        return self._batch(records, lambda segments: self._encode_segments(segments, head))
 
     def encode_batch(self, texts: list[str]) -> list[Chunked]:
         """Encode whole texts, cut into chunks. Raises `ChunkMismatchError` as `encode_segments` does."""
@@ -200,7 +209,7 @@ class ByteLevelEncoder:
         for (ids, key), enc in zip(keys, encodings, strict=True):
             if self.decode(enc.ids) != ids.lead + key:
                 raise ChunkMismatchError(f"{ids.lead + key!r} encodes to {enc.ids}, which decode to something else")
-            ids[key] = tuple(map(self._ints.__getitem__, enc.ids))
+            ids[key] = array(TYPECODE, enc.ids).tobytes()
         for ids in (self._first, self._spaced):
             ids.pending.clear()
 
@@ -219,16 +228,14 @@ class Chunked:
 
     __slots__ = ("_enc", "_ends", "_parts", "_text", "lists")
 
-    def __init__(self, text: str, parts: list[str], lists: list[tuple[int, ...]], encoder: ByteLevelEncoder) -> None:
+    def __init__(self, text: str, parts: list[str], lists: list[bytes], encoder: ByteLevelEncoder) -> None:
         # `parts`: the text cut before each space that starts a chunk.
         self._text, self._parts, self.lists, self._enc = text, parts, lists, encoder
         self._ends: list[int] = []
 
-    def ids(self, prefix: list[int], suffix: list[int]) -> list[int]:
-        """All ids, in order, between `prefix` and `suffix`."""
-        out = reduce(iadd, self.lists, list(prefix))
-        out += suffix
-        return out
+    def ids(self, prefix: bytes = b"", suffix: bytes = b"") -> array[int]:
+        """All ids, in order, between `prefix` and `suffix` (ids as `TYPECODE` bytes)."""
+        return array(TYPECODE, b"".join([prefix, *self.lists, suffix]))
 
     def _chunk_at(self, char: int) -> tuple[int, int, str]:
         """Index, first character and text of the chunk holding character `char`."""
@@ -242,9 +249,9 @@ class Chunked:
         """The index of the token holding character `char` (its last byte if `last`, else its first) and that
         token's text outside the character (after it if `last`, else before it)."""
         i, start, chunk = self._chunk_at(char)
-        ends = self._enc.byte_ends(self.lists[i])
+        ends = self._enc.byte_ends(array(TYPECODE, self.lists[i]))
         at = len(chunk[: char - start + last].encode()) - last
         j = bisect_right(ends, at)
         raw = chunk.encode()
         outside = raw[at + 1 : ends[j]] if last else raw[ends[j - 1] if j else 0 : at]
-        return sum(map(len, islice(self.lists, i))) + j, outside.decode("utf-8", "replace")
+        return sum(map(len, islice(self.lists, i))) // WIDTH + j, outside.decode("utf-8", "replace")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import gc
 import logging
+from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
-from huarizo.formats.bytelevel import ByteLevelEncoder, Chunked, ChunkMismatchError
+from huarizo.formats.bytelevel import TYPECODE, ByteLevelEncoder, Chunked, ChunkMismatchError
 from huarizo.formats.errors import HuarizoError
 from huarizo.formats.schemas import Conversation
 from huarizo.formats.templates import DEFAULT_BOS, DEFAULT_EOS, Segment, Template
@@ -39,18 +40,19 @@ class MaskError(HuarizoError, ValueError):
     """The trained tokens of a record do not decode to its answers."""
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenizedSample:
-    """One training sample: token ids and labels (`IGNORE_INDEX` where no loss is taken)."""
+    """One training sample: token ids and labels (`IGNORE_INDEX` where no loss is taken), as arrays of C ints
+    (`array.array("i")`: 4 bytes a token; `torch.tensor`, `list` and slicing take them as they are)."""
 
-    input_ids: list[int]
-    labels: list[int]
+    input_ids: array[int]
+    labels: array[int]
     id: str | None = None
 
     @property
     def num_trained(self) -> int:
         """How many tokens carry a loss."""
-        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TokenizeStats:
 
 
 class _Encoded(NamedTuple):
-    ids: list[int]
+    ids: array[int]
     spans: list[tuple[int, int, str]]
     """Token ranges `[start, end)` of the answers, with each answer's text."""
     resegmented: bool = False
@@ -149,15 +151,17 @@ def _cached_spans(segs: list[Segment], chunked: Chunked, offset: int) -> list[tu
     return spans
 
 
-def _by_segments(segs: list[Segment], encoded: list[list[int]], prefix: list[int], suffix: list[int]) -> _Encoded:
+def _by_segments(
+    segs: list[Segment], encoded: Sequence[Sequence[int]], prefix: list[int], suffix: list[int]
+) -> _Encoded:
     """A record whose segments were encoded one by one, as the server will see a prompt on its own."""
-    ids = list(prefix)
+    ids = array(TYPECODE, prefix)
     spans = []
     for seg, seg_ids in zip(segs, encoded, strict=True):
         if seg.trainable and seg.text.strip():
             spans.append((len(ids), len(ids) + len(seg_ids), seg.text.strip()))
-        ids += seg_ids
-    ids += suffix
+        ids.extend(seg_ids)
+    ids.extend(suffix)
     return _Encoded(ids, spans, resegmented=True)
 
 
@@ -187,7 +191,7 @@ def _encode_rust(
             alone = [e.ids for e in backend.encode_batch([s.text for s in segs], add_special_tokens=False)]
             out.append(_by_segments(segs, alone, *around))
         else:
-            out.append(_Encoded(enc.ids, spans))
+            out.append(_Encoded(array(TYPECODE, enc.ids), spans))
     return out
 
 
@@ -220,7 +224,8 @@ def tokenize_conversation(
     return samples[0] if samples else None
 
 
-_Check = tuple[int, str, list[int], bool]
+_IGNORED = array(TYPECODE, [IGNORE_INDEX])
+_Check = tuple[int, str, "array[int]", bool]
 """What verification compares: record index, answer text, its trained ids, and whether truncation cut them."""
 
 
@@ -281,8 +286,8 @@ class _Masker:
         cut = n < len(ids)
         if cut:
             self.stats.truncated += 1
-            ids = ids[:n]
-        labels = [IGNORE_INDEX] * n
+            del ids[n:]
+        labels = _IGNORED * n
         trained = False
         for start, end, core in enc.spans:
             if start < n:
@@ -317,7 +322,7 @@ class _Masker:
         checks: list[_Check] = []
         encoded = _encode_rust(self.backend, self.render(0, len(self.convs)), self.add_special, self.around)
         samples = [self._mask(i, enc, checks) for i, enc in enumerate(encoded)]
-        decoded = self.backend.decode_batch([c[2] for c in checks], False) if checks else []
+        decoded = self.backend.decode_batch([c[2].tolist() for c in checks], False) if checks else []
         bad = self._verify(checks, decoded, exact=False)
         if bad is not None:
             self._raise(checks[bad], decoded[bad])
@@ -328,6 +333,7 @@ class _Masker:
         else the whole text; where a token also crosses an answer's edge, the segments one by one, as a server
         sees a prompt on its own."""
         prefix, suffix = cast(tuple[list[int], list[int]], self.around)
+        head, tail = array(TYPECODE, prefix).tobytes(), array(TYPECODE, suffix).tobytes()
         out: list[_Encoded | None] = []
         by_segments = encoder.encode_segments([[s.text for s in r] for r in rendered], prefix)
         for segs, got in zip(rendered, by_segments, strict=True):
@@ -336,17 +342,17 @@ class _Masker:
                 out.append(None)
                 continue
             ids = got[0]
-            ids += suffix
+            ids.frombytes(tail)
             out.append(_Encoded(ids, spans))
         rest = [k for k, enc in enumerate(out) if enc is None]
         whole = encoder.encode_batch(["".join(s.text for s in rendered[k]) for k in rest])
         for k, chunked in zip(rest, whole, strict=True):
             spans = _cached_spans(rendered[k], chunked, len(prefix))
             if spans is None:
-                alone = [c.ids([], []) for c in encoder.encode_batch([s.text for s in rendered[k]])]
+                alone = [c.ids() for c in encoder.encode_batch([s.text for s in rendered[k]])]
                 out[k] = _by_segments(rendered[k], alone, prefix, suffix)
             else:
-                out[k] = _Encoded(chunked.ids(prefix, suffix), spans)
+                out[k] = _Encoded(chunked.ids(head, tail), spans)
         return cast(list[_Encoded], out)
 
     def _cached(self, encoder: ByteLevelEncoder) -> list[TokenizedSample]:

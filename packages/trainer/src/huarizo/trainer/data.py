@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,15 +30,15 @@ class Sample:
     Targets are shifted inside the sample, so no position ever predicts across a sample border.
     """
 
-    input_ids: list[int]
-    targets: list[int]
-    labels: list[int]
+    input_ids: array[int]
+    targets: array[int]
+    labels: array[int]
     id: str | None = None
 
     @property
     def num_trained(self) -> int:
         """Tokens that carry a loss."""
-        return sum(t != IGNORE_INDEX for t in self.targets)
+        return len(self.targets) - self.targets.count(IGNORE_INDEX)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -60,6 +61,12 @@ def _weighted(items: list[Any], weight: float, rng: random.Random) -> list[Any]:
     whole, frac = int(weight), weight - int(weight)
     extra = rng.sample(items, round(frac * len(items))) if frac else []
     return items * whole + extra
+
+
+def _shifted(labels: array[int]) -> array[int]:
+    targets = labels[1:]
+    targets.append(IGNORE_INDEX)
+    return targets
 
 
 def check_files(cfg: DataConfig) -> None:
@@ -85,11 +92,7 @@ def load_samples(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Sampl
         for reason, n in tstats.dropped.items():
             stats.dropped[reason] = stats.dropped.get(reason, 0) + n
         stats.truncated += tstats.truncated
-        part = [
-            Sample(t.input_ids, [*t.labels[1:], IGNORE_INDEX], t.labels, t.id)
-            for t in tokenized
-            if len(t.input_ids) > 1
-        ]
+        part = [Sample(t.input_ids, _shifted(t.labels), t.labels, t.id) for t in tokenized if len(t.input_ids) > 1]
         samples += _weighted(part, spec.weight, rng)
     if not samples:
         raise DataError(f"no sample has a trained token within data.max_length={cfg.max_length}")
