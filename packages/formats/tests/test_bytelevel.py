@@ -136,6 +136,23 @@ def test_cached_path_gives_what_the_tokenizer_gives(
     assert samples == one_by_one  # each call with one record uses the tokenizer itself
 
 
+def test_answers_cut_inside_a_character_verify_on_the_cached_path(gpt2_like: Any) -> None:
+    """Truncation that splits a multi-byte character (byte tokens of a character the tokenizer never saw) passes
+    verification, and gives what the tokenizer gives."""
+    convs = [
+        Conversation(
+            messages=[Message(role="user", content="x " * (i % 40)), Message(role="assistant", content="\ua66e" * 30)]
+        )
+        for i in range(300)
+    ]
+    tpl = get_template("vicuna_v1.1")
+    samples, stats = tokenize_conversations(convs, tpl, gpt2_like, 240)  # the answers start at 157-235 tokens
+    assert stats.cached == stats.truncated == stats.kept == len(convs)
+    answers = [gpt2_like.decode([t for t in s.labels if t != -100]) for s in samples]
+    assert sum(a.endswith("\ufffd") for a in answers) > 100  # the last character cut in two
+    assert samples == [s for c in convs for s in tokenize_conversations([c], tpl, gpt2_like, 240)[0]]
+
+
 @pytest.fixture(scope="module")
 def gpt2_like() -> Any:
     return build_tokenizer(TRICKY * 50 + ["the quick brown fox jumps over the lazy dog's back"] * 20)

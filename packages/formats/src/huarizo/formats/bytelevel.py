@@ -177,14 +177,13 @@ class ByteLevelEncoder:
     ) -> list[tuple[array[int], list[int]] | None]:
         """`_encode_segments` for each record (a list of segments). Raises `ChunkMismatchError` if the tokenizer's
         ids for a chunk do not decode back to it."""
-        head = array(TYPECODE, prefix).tobytes()
-        return self._batch(records, lambda segments: self._encode_segments(segments, head))
+        return self._batch(records, self._encode_segments, array(TYPECODE, prefix).tobytes())
 
     def encode_batch(self, texts: list[str]) -> list[Chunked]:
         """Encode whole texts, cut into chunks. Raises `ChunkMismatchError` as `encode_segments` does."""
         return self._batch(texts, self._encode)
 
-    def _batch(self, items: list[T], encode: Callable[[T], R]) -> list[R]:
+    def _batch(self, items: list[T], encode: Callable[..., R], *args: Any) -> list[R]:
         """Encode items; the chunks not seen before go to the tokenizer together, then the items that met them are
         encoded again, until none meets a new chunk (an item can get further once its first new chunks are known)."""
         out: list[Any] = [None] * len(items)
@@ -193,7 +192,7 @@ class ByteLevelEncoder:
             redo = []
             for k in todo:
                 misses = self.misses
-                out[k] = encode(items[k])
+                out[k] = encode(items[k], *args)
                 if self.misses != misses:
                     redo.append(k)
             if not redo:

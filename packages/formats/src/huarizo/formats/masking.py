@@ -304,10 +304,12 @@ class _Masker:
         """Where the first check whose trained ids do not decode to the answer is, or None."""
         for k, (check, text) in enumerate(zip(checks, decoded, strict=True)):
             want, truncated = check[1], check[3]
-            if truncated:  # a cut can split a multi-byte character, which decodes to U+FFFD
-                ok = _norm(want).startswith(_norm(text).rstrip("\ufffd"))
-            else:  # the byte-level decoder is exact; others differ in the spaces around special tokens
-                ok = text.strip() == want if exact else _norm(text) == _norm(want)
+            # The byte-level decoder is exact; others differ in the spaces around special tokens. A cut can split a
+            # multi-byte character, which decodes to U+FFFD.
+            if exact:
+                ok = want.startswith(text.strip().rstrip("\ufffd")) if truncated else text.strip() == want
+            else:
+                ok = _norm(want).startswith(_norm(text).rstrip("\ufffd")) if truncated else _norm(text) == _norm(want)
             if not ok:
                 return k
         return None

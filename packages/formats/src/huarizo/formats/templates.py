@@ -14,7 +14,7 @@ import json
 import random
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from huarizo.formats.errors import HuarizoError
@@ -106,6 +106,19 @@ class ChatTemplate:
     first_user_with_system: str | None = None
     extra_stop: tuple[str, ...] = ()
     add_special_tokens: bool = True
+    _fixed: dict[tuple[str, str], tuple[str, str, str, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """`between`, `assistant_prefix`, `answer_sep` and `eot` (which take only the special tokens), per (eos, bos)."""
+
+    def _fixed_parts(self, eos: str, bos: str) -> tuple[str, str, str, str]:
+        fixed = self._fixed.get((eos, bos))
+        if fixed is None:
+            between, prefix, sep, eot = (
+                _sub(f, eos=eos, bos=bos) for f in (self.between, self.assistant_prefix, self.answer_sep, self.eot)
+            )
+            fixed = self._fixed[eos, bos] = between, prefix, sep, eot
+        return fixed
 
     def _user_text(self, msg: Message, system: str | None, first: bool, **tok: str) -> str:
         content = msg.content if self.user_with_input else msg.text
@@ -122,18 +135,21 @@ class ChatTemplate:
     def render(self, conv: Conversation, *, eos: str = DEFAULT_EOS, bos: str = DEFAULT_BOS) -> list[Segment]:
         """Render a whole conversation; assistant answers and their end of turn are trainable."""
         tok = {"eos": eos, "bos": bos}
-        system = conv.system if conv.system is not None else (self.default_system or None)
+        between, assistant_prefix, answer_sep, eot = self._fixed_parts(eos, bos)
+        system = conv.system
+        if system is None:
+            system = self.default_system or None
         segs: list[Segment] = []
         prompt = _sub(self.system, system=system, **tok) if system and self.system else ""
         for i, (user, answer) in enumerate(_pairs(conv)):
             if i:
-                prompt += _sub(self.between, **tok)
-            prompt += self._user_text(user, system, i == 0, **tok) + _sub(self.assistant_prefix, **tok)
+                prompt += between
+            prompt += self._user_text(user, system, i == 0, **tok) + assistant_prefix
             if answer is None:
                 break
             segs.append(Segment(prompt, False))
             prompt = ""
-            segs.append(Segment(_sub(self.answer_sep, **tok) + answer.content + _sub(self.eot, **tok), True))
+            segs.append(Segment(answer_sep + answer.content + eot, True))
         if prompt:
             segs.append(Segment(prompt, False))
         return segs
