@@ -83,6 +83,9 @@ class ByteLevelEncoder:
         self._irregular = re.compile(rf" [\s{starts}]")
         self._chunk_start = re.compile(rf" (?=[^\s{starts}])")
         size = max([*vocab.values(), *added.values()], default=0) + 1
+        space = next(c for c, b in _FROM_ALPHABET.items() if b == ord(" "))
+        self.space: int | None = vocab.get(space)
+        """The id of the token that is a space alone, if the vocabulary has one."""
         self._bytes: list[bytes] = [b""] * size
         for token, i in vocab.items():
             self._bytes[i] = bytes(_FROM_ALPHABET[c] for c in token)
@@ -201,16 +204,17 @@ class ByteLevelEncoder:
             todo = redo
 
     def _fill(self) -> None:
-        keys = [(ids, key) for ids in (self._first, self._spaced) for key in ids.pending]
+        keys = [(table, key) for table in (self._first, self._spaced) for key in table.pending]
+        texts = [table.lead + key for table, key in keys]
         # Only the ids are needed: the variant that skips offsets where this tokenizers version has it.
         encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
-        encodings = encode([ids.lead + key for ids, key in keys], add_special_tokens=False)
-        for (ids, key), enc in zip(keys, encodings, strict=True):
-            if self.decode(enc.ids) != ids.lead + key:
-                raise ChunkMismatchError(f"{ids.lead + key!r} encodes to {enc.ids}, which decode to something else")
-            ids[key] = array(TYPECODE, enc.ids).tobytes()
-        for ids in (self._first, self._spaced):
-            ids.pending.clear()
+        for (table, key), text, enc in zip(keys, texts, encode(texts, add_special_tokens=False), strict=True):
+            ids = enc.ids
+            if self.decode(ids) != text:
+                raise ChunkMismatchError(f"{text!r} encodes to {ids}, which decode to something else")
+            table[key] = array(TYPECODE, ids).tobytes()
+        for table in (self._first, self._spaced):
+            table.pending.clear()
 
     def decode(self, ids: Sequence[int]) -> str:
         """Decode ids as the byte-level decoder does."""

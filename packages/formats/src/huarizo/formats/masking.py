@@ -127,16 +127,25 @@ def _rust_spans(segs: list[Segment], enc: Any) -> list[tuple[int, int, str]] | N
     return spans
 
 
-def _segment_spans(segs: list[Segment], ends: list[int], offset: int) -> list[tuple[int, int, str]] | None:
+def _segment_spans(
+    segs: list[Segment], ids: array[int], ends: list[int], offset: int, space: int | None
+) -> list[tuple[int, int, str]] | None:
     """Answer spans of a record whose segments were encoded one after the other (`ends`: the token index where each
-    segment ends); None if an answer starts or ends with whitespace (which may share a token with its neighbours)."""
+    segment ends; `space`: the id of a lone space token). An answer may start with one space before its first word
+    (" Hello", as Vicuna's template writes it): that space starts the answer's first chunk, and belongs to its first
+    token unless it is a token alone. None if an answer starts or ends with other whitespace (which may share a token
+    with its neighbours)."""
     spans = []
     for j, seg in enumerate(segs):
         text = seg.text
         if seg.trainable and text:
+            start = ends[j - 1] if j else offset
+            if text[0] == " " and len(text) > 1 and not text[1].isspace():
+                text = text[1:]
+                start += ids[start] == space
             if text[0].isspace() or text[-1].isspace():
                 return None
-            spans.append((ends[j - 1] if j else offset, ends[j], text))
+            spans.append((start, ends[j], text))
     return spans
 
 
@@ -339,7 +348,7 @@ class _Masker:
         out: list[_Encoded | None] = []
         by_segments = encoder.encode_segments([[s.text for s in r] for r in rendered], prefix)
         for segs, got in zip(rendered, by_segments, strict=True):
-            spans = _segment_spans(segs, got[1], len(prefix)) if got is not None else None
+            spans = _segment_spans(segs, *got, len(prefix), encoder.space) if got is not None else None
             if got is None or spans is None:
                 out.append(None)
                 continue
