@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -54,10 +56,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """pytest-benchmark over benchmarks/: each benchmark prints its ratio to the named baseline."""
+    """pytest-benchmark over benchmarks/ (or the paths given: `nox -s bench -- benchmarks/formats`): each benchmark
+    prints its ratio to the named baseline."""
     _install_all(session)
     session.install("pytest-benchmark")
-    session.run("pytest", "benchmarks", "-s", "-o", "python_files=bench_*.py", *session.posargs, env=ENV)
+    paths = [] if any(Path(arg.split("::")[0]).exists() for arg in session.posargs) else ["benchmarks"]
+    session.run("pytest", *paths, "-s", "-o", "python_files=bench_*.py", *session.posargs, env=ENV)
 
 
 @nox.session
