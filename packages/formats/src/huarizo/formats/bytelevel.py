@@ -43,6 +43,7 @@ def _byte_alphabet() -> dict[str, int]:
 
 
 _FROM_ALPHABET = _byte_alphabet()
+_SPACE = next(c for c, b in _FROM_ALPHABET.items() if b == ord(" "))  # how the vocabulary writes a space
 TYPECODE = "i"
 """Ids are kept as C ints (`array.array(TYPECODE)`, or its bytes): compact, and nothing for the garbage collector."""
 WIDTH = array(TYPECODE).itemsize
@@ -83,8 +84,7 @@ class ByteLevelEncoder:
         self._irregular = re.compile(rf" [\s{starts}]")
         self._chunk_start = re.compile(rf" (?=[^\s{starts}])")
         size = max([*vocab.values(), *added.values()], default=0) + 1
-        space = next(c for c, b in _FROM_ALPHABET.items() if b == ord(" "))
-        self.space: int | None = vocab.get(space)
+        self.space: int | None = vocab.get(_SPACE)
         """The id of the token that is a space alone, if the vocabulary has one."""
         self._bytes: list[bytes] = [b""] * size
         for token, i in vocab.items():
