@@ -175,12 +175,10 @@ class ByteLevelEncoder:
             ends.append(size // WIDTH)
         return array(TYPECODE, b"".join(pieces)), ends
 
-    def encode_segments(
-        self, records: list[list[str]], prefix: Sequence[int]
-    ) -> list[tuple[array[int], list[int]] | None]:
-        """`_encode_segments` for each record (a list of segments). Raises `ChunkMismatchError` if the tokenizer's
-        ids for a chunk do not decode back to it."""
-        return self._batch(records, self._encode_segments, array(TYPECODE, prefix).tobytes())
+    def encode_segments(self, records: list[list[str]], prefix: bytes) -> list[tuple[array[int], list[int]] | None]:
+        """`_encode_segments` for each record (a list of segments), after `prefix` (ids as `TYPECODE` bytes). Raises
+        `ChunkMismatchError` if the tokenizer's ids for a chunk do not decode back to it."""
+        return self._batch(records, self._encode_segments, prefix)
 
     def encode_batch(self, texts: list[str]) -> list[Chunked]:
         """Encode whole texts, cut into chunks. Raises `ChunkMismatchError` as `encode_segments` does."""

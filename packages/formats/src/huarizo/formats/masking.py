@@ -346,7 +346,7 @@ class _Masker:
         prefix, suffix = cast(tuple[list[int], list[int]], self.around)
         head, tail = array(TYPECODE, prefix).tobytes(), array(TYPECODE, suffix).tobytes()
         out: list[_Encoded | None] = []
-        by_segments = encoder.encode_segments([[s.text for s in r] for r in rendered], prefix)
+        by_segments = encoder.encode_segments([[s.text for s in r] for r in rendered], head)
         for segs, got in zip(rendered, by_segments, strict=True):
             spans = _segment_spans(segs, *got, len(prefix), encoder.space) if got is not None else None
             if got is None or spans is None:
