@@ -51,12 +51,13 @@ def stanford_preprocess(tok: Any, sources: list[str], targets: list[str]) -> tup
 
 
 def _packed(ids: list[Any], labels: list[Any], sources: list[str]) -> Iterator[tuple[Any, Any, str]]:
-    """The baseline's outputs as one tensor each (what they were, record by record, once iterated)."""
-    lengths = [len(x) for x in ids]
-    all_ids, all_labels = torch.cat(ids), torch.cat(labels)
-    ids.clear()
-    labels.clear()
-    return zip(all_ids.split(lengths), all_labels.split(lengths), sources, strict=True)
+    """The baseline's outputs as one tensor each, split back into records only when iterated (the split makes a
+    small tensor per record, which is what packing avoids while Huarizo runs)."""
+    return _unpacked(torch.cat(ids), torch.cat(labels), [len(x) for x in ids], sources)
+
+
+def _unpacked(ids: Any, labels: Any, lengths: list[int], sources: list[str]) -> Iterator[tuple[Any, Any, str]]:
+    yield from zip(ids.split(lengths), labels.split(lengths), sources, strict=True)
 
 
 def sources_and_targets(tok: Any, convs: list[Conversation]) -> tuple[list[str], list[str]]:
