@@ -22,7 +22,8 @@ LLAMA3 = (
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
 
 # Text that is hard on a whitespace-driven chunker: runs of spaces, tabs, newlines after spaces, non-breaking and
-# ideographic spaces, contractions, digits, CJK, emoji, combining marks and special tokens written in plain text.
+# ideographic spaces, separators Python takes for whitespace and Unicode does not (\x1c), contractions, digits, CJK,
+# emoji, combining marks and special tokens written in plain text.
 TRICKY = [
     "a",
     "B",
@@ -35,6 +36,8 @@ TRICKY = [
     " \n",
     "\u00a0",
     "\u3000",
+    "\x1c",
+    "\x85",
     "'s",
     "'ll",
     "12345",
@@ -167,6 +170,10 @@ def test_encoder_matches_the_tokenizer_on_any_text(gpt2_like: Any, segments: lis
     text = "".join(segments)
     (whole,) = encoder.encode_batch([text])
     assert whole.ids().tolist() == backend.encode(text, add_special_tokens=False).ids
+    for segment, (ids, head, last, alone) in zip(segments, encoder._table.cut(segments), strict=True):
+        parts = encoder._split(segment)  # the vectorised cut gives the chunks the per-text one gives
+        assert (head, last, alone) == (parts[0], parts[-1], len(parts) == 1)
+        assert ids == encoder.encode_batch([segment])[0].ids().tobytes()
     (got,) = encoder.encode_segments([segments], b"")
     if got is not None:  # None: a token crosses a segment boundary, which the caller then handles
         ids, ends = got

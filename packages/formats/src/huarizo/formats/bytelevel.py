@@ -6,7 +6,8 @@ followed by a non-space character except at its start, so a text can be cut befo
 whose ids do not depend on their neighbours. Text is made of comparatively few distinct chunks (a word with its
 punctuation), so a dict from chunk to ids replaces most of the tokenizer's work with one `str.split` and one dict
 lookup per word. Chunks not seen before are encoded by the tokenizer itself, many in one call, and each is checked
-to decode back to its text.
+to decode back to its text. Segments of many records are encoded at once (`encode_segments`): polars splits them and
+finds each word's code, numpy gathers the ids, so the per-word work runs in compiled code, not in the interpreter.
 
 `ByteLevelEncoder.for_tokenizer` returns None for a tokenizer it cannot reproduce (a normalizer, another
 pre-tokenizer, BPE dropout, added tokens that strip spaces, ...); callers then use the tokenizer directly.
@@ -19,9 +20,13 @@ import re
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import accumulate, islice, repeat
+from functools import cache
+from itertools import accumulate, islice, pairwise, repeat
 from operator import add, itemgetter
 from typing import Any, TypeVar
+
+import numpy as np
+import polars as pl
 
 # Pre-tokenizer regexes whose pieces never hold " X" (a space, then a non-space) past their first character:
 # GPT-2's (the ByteLevel pre-tokenizer's own), and the Llama 3 and Qwen 2 style Split patterns.
@@ -47,8 +52,23 @@ _SPACE = next(c for c, b in _FROM_ALPHABET.items() if b == ord(" "))  # how the 
 TYPECODE = "i"
 """Ids are kept as C ints (`array.array(TYPECODE)`, or its bytes): compact, and nothing for the garbage collector."""
 WIDTH = array(TYPECODE).itemsize
-T = TypeVar("T")
 R = TypeVar("R")
+
+
+@cache
+def _python_spaces() -> str:
+    """Every character Python's `str.isspace` (and so `re`'s `\\s`) takes for whitespace."""
+    return "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
+
+def _rust_class(chars: Iterable[str]) -> str:
+    """A character class of the Rust `regex` crate (polars) holding exactly these characters."""
+    return "[" + "".join(f"\\x{{{ord(c):x}}}" for c in sorted(set(chars))) + "]"
+
+
+Cut = tuple[bytes, str, str, bool]
+"""A text cut into chunks: its ids (as `TYPECODE` bytes), its first and last chunk (less its space), and whether
+it is a single chunk."""
 
 
 class ChunkMismatchError(Exception):
@@ -83,6 +103,8 @@ class ByteLevelEncoder:
         starts = "".join(sorted({re.escape(token[0]) for token in added}))
         self._irregular = re.compile(rf" [\s{starts}]")
         self._chunk_start = re.compile(rf" (?=[^\s{starts}])")
+        self.added_starts = {token[0] for token in added}
+        self._table = _PartTable(self)
         size = max([*vocab.values(), *added.values()], default=0) + 1
         self.space: int | None = vocab.get(_SPACE)
         """The id of the token that is a space alone, if the vocabulary has one."""
@@ -142,34 +164,29 @@ class ByteLevelEncoder:
         lists = [self._first[parts[0]], *map(self._spaced.__getitem__, islice(parts, 1, None))]
         return Chunked(text, parts, lists, self)
 
-    def _encode_segments(self, segments: list[str], prefix: bytes) -> tuple[array[int], list[int]] | None:
+    def _encode_segments(
+        self, segments: list[str], cuts: list[Cut], at: int, prefix: bytes
+    ) -> tuple[array[int], list[int]] | None:
         """`prefix` (ids as bytes) + the ids of the segments' concatenation, and the token index where each segment
-        ends.
+        ends. `cuts[at:]`: the segments, each cut into chunks on its own (`_PartTable.cut`).
 
-        Each segment is cut into chunks on its own; where two segments meet, the last chunk of one and the first part
-        of the next must encode together as they do apart. None when they do not (a token crosses the boundary),
-        when whitespace meets whitespace there, or when a segment inside holds no space (it would join both
-        neighbours)."""
+        Where two segments meet, the last chunk of one and the first of the next must encode together as they do
+        apart. None when they do not (a token crosses the boundary), when whitespace meets whitespace there, or when
+        a segment inside is a single chunk (it would join both neighbours)."""
         first, spaced = self._first, self._spaced
         pieces = [prefix]
         ends = []
         size = len(prefix)
         table, key = first, ""  # the dict and key of the chunk that ends the text so far
-        for k, segment in enumerate(segments):
-            parts = self._split(segment)
-            head = parts[0]
+        for k in range(len(segments)):
+            piece, head, last, alone = cuts[at + k]
             if k and (
-                (len(parts) == 1 and k + 1 < len(segments))
-                or (segments[k - 1][-1:].isspace() and segment[:1].isspace())
+                (alone and k + 1 < len(segments))
+                or (segments[k - 1][-1:].isspace() and segments[k][:1].isspace())
                 or table[key + head] != table[key] + first[head]
             ):
                 return None
-            if len(parts) == 1:
-                piece = first[head]
-                table, key = first, head
-            else:
-                piece = b"".join([first[head], *map(spaced.__getitem__, islice(parts, 1, None))])
-                table, key = spaced, parts[-1]
+            table, key = (first, head) if alone else (spaced, last)
             pieces.append(piece)
             size += len(piece)
             ends.append(size // WIDTH)
@@ -178,22 +195,25 @@ class ByteLevelEncoder:
     def encode_segments(self, records: list[list[str]], prefix: bytes) -> list[tuple[array[int], list[int]] | None]:
         """`_encode_segments` for each record (a list of segments), after `prefix` (ids as `TYPECODE` bytes). Raises
         `ChunkMismatchError` if the tokenizer's ids for a chunk do not decode back to it."""
-        return self._batch(records, self._encode_segments, prefix)
+        cuts = self._table.cut([segment for record in records for segment in record])
+        at = [0, *accumulate(map(len, records))]
+        return self._batch(len(records), lambda k: self._encode_segments(records[k], cuts, at[k], prefix))
 
     def encode_batch(self, texts: list[str]) -> list[Chunked]:
         """Encode whole texts, cut into chunks. Raises `ChunkMismatchError` as `encode_segments` does."""
-        return self._batch(texts, self._encode)
+        return self._batch(len(texts), lambda k: self._encode(texts[k]))
 
-    def _batch(self, items: list[T], encode: Callable[..., R], *args: Any) -> list[R]:
-        """Encode items; the chunks not seen before go to the tokenizer together, then the items that met them are
-        encoded again, until none meets a new chunk (an item can get further once its first new chunks are known)."""
-        out: list[Any] = [None] * len(items)
-        todo: Iterable[int] = range(len(items))
+    def _batch(self, n: int, encode: Callable[[int], R]) -> list[R]:
+        """Encode items 0..n-1; the chunks not seen before go to the tokenizer together, then the items that met them
+        are encoded again, until none meets a new chunk (an item can get further once its first new chunks are
+        known)."""
+        out: list[Any] = [None] * n
+        todo: Iterable[int] = range(n)
         while True:
             redo = []
             for k in todo:
                 misses = self.misses
-                out[k] = encode(items[k], *args)
+                out[k] = encode(k)
                 if self.misses != misses:
                     redo.append(k)
             if not redo:
@@ -256,3 +276,98 @@ class Chunked:
         raw = chunk.encode()
         outside = raw[at + 1 : ends[j]] if last else raw[ends[j - 1] if j else 0 : at]
         return sum(map(len, islice(self.lists, i))) // WIDTH + j, outside.decode("utf-8", "replace")
+
+
+class _PartTable:
+    """The chunk cache again, as arrays, to encode many texts at once.
+
+    Polars splits the texts at spaces and finds each part's code (a join with the parts seen so far); per code, numpy
+    keeps the ids of the part as a text's first chunk and as a later one (after its space), and gathers them for all
+    the parts in one go. The encoder's dicts stay the source: a part met here for the first time is looked up there,
+    which sends it to the tokenizer if it is new."""
+
+    def __init__(self, encoder: ByteLevelEncoder) -> None:
+        self._enc = encoder
+        starts = _rust_class([*_python_spaces(), *encoder.added_starts])
+        self._irregular, self._joins = f" (?:{starts}|$)", f"^(?:{starts}|$)"
+        self._codes = pl.DataFrame(schema={"part": pl.String, "code": pl.Int64})
+        # [0 first / 1 later chunk, code]: where the part's ids start in `_ids`, and how many; -1: not looked up yet.
+        self._start = np.zeros((2, 0), np.int64)
+        self._len = np.zeros((2, 0), np.int64)
+        self._ids = np.zeros(0, np.dtype(TYPECODE))
+
+    def cut(self, texts: list[str]) -> list[Cut]:
+        """Each text cut into chunks as `ByteLevelEncoder._split` cuts it."""
+        series = pl.Series("part", texts, dtype=pl.String)
+        parts = series.str.split(" ")
+        count = parts.list.len().to_numpy().astype(np.int64)
+        starts = np.cumsum(count) - count  # each text's first part
+        flat = parts.explode()
+        # A part that is empty or starts with whitespace or an added token's first character starts no chunk: it
+        # joins the one before it, with the space between (a text's first part always starts one). Only texts with
+        # a space before such a character, or at their end, hold one.
+        irregular = series.str.contains(self._irregular).to_numpy()
+        if irregular.any():
+            joins = np.zeros(len(flat), bool)
+            joins[np.repeat(irregular, count)] = parts.filter(irregular).explode().str.contains(self._joins).to_numpy()
+            joins[starts] = False
+            flat = self._join(flat, joins)
+            count = np.add.reduceat((~joins).astype(np.int64), starts)
+            starts = np.cumsum(count) - count
+        last = starts + count - 1
+        code = self._code(flat)
+        later = np.ones(len(flat), np.intp)
+        later[starts] = 0
+        length = self._len[later, code]
+        if (length < 0).any():
+            self._learn(flat, later, code, length < 0)
+            length = self._len[later, code]
+        ends = np.cumsum(length)
+        start = self._start[later, code]
+        blob = self._ids[np.repeat(start - ends + length, length) + np.arange(ends[-1] if len(ends) else 0)].tobytes()
+        bounds = (ends[last] * WIDTH).tolist()
+        ids = [blob[lo:hi] for lo, hi in pairwise([0, *bounds])]
+        heads, lasts = flat.gather(starts).to_list(), flat.gather(last).to_list()
+        return list(zip(ids, heads, lasts, (count == 1).tolist(), strict=True))
+
+    @staticmethod
+    def _join(flat: pl.Series, joins: np.ndarray[Any, np.dtype[np.bool_]]) -> pl.Series:
+        """The parts, each one that `joins` marks joined to the one before it with a space."""
+        chunk = np.cumsum(~joins) - 1  # the chunk each part ends up in
+        rows = np.flatnonzero(joins)
+        owners = np.flatnonzero(~joins)[chunk[rows]]  # the part that starts each one's chunk
+        merged = dict(zip(owners.tolist(), flat.gather(owners).to_list(), strict=True))
+        for owner, part in zip(owners.tolist(), flat.gather(rows).to_list(), strict=True):
+            merged[owner] += " " + part
+        return flat.filter(pl.Series(~joins)).scatter(chunk[list(merged)], list(merged.values()))
+
+    def _code(self, flat: pl.Series) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Each part's code; parts not seen before get new ones."""
+        frame = flat.to_frame()
+        code = frame.join(self._codes, on="part", how="left", maintain_order="left")["code"]
+        if code.null_count():
+            new = flat.filter(code.is_null()).unique(maintain_order=True)
+            n = len(self._codes)
+            added = pl.DataFrame({"part": new, "code": np.arange(n, n + len(new), dtype=np.int64)})
+            self._codes = pl.concat([self._codes, added], rechunk=True)
+            unknown = np.full((2, len(new)), -1, np.int64)
+            self._start = np.concatenate([self._start, unknown], axis=1)
+            self._len = np.concatenate([self._len, unknown], axis=1)
+            code = frame.join(self._codes, on="part", how="left", maintain_order="left")["code"]
+        return code.to_numpy()
+
+    def _learn(self, flat: pl.Series, later: np.ndarray[Any, Any], code: np.ndarray[Any, Any], unknown: Any) -> None:
+        """Look the parts whose ids are not in the arrays yet up in the encoder's dicts, and keep their ids here."""
+        rows = np.flatnonzero(unknown)
+        rows = rows[pl.Series(code[rows] * 2 + later[rows]).arg_unique().to_numpy()]  # each (part, first/later) once
+        kinds, parts = later[rows].tolist(), flat.gather(rows).to_list()
+        tables = (self._enc._first, self._enc._spaced)
+        misses = self._enc.misses
+        found = [tables[k][p] for k, p in zip(kinds, parts, strict=True)]
+        if self._enc.misses != misses:
+            self._enc._fill()
+            found = [tables[k][p] for k, p in zip(kinds, parts, strict=True)]
+        length = np.array([len(ids) // WIDTH for ids in found], np.int64)
+        self._start[later[rows], code[rows]] = len(self._ids) + np.cumsum(length) - length
+        self._len[later[rows], code[rows]] = length
+        self._ids = np.concatenate([self._ids, np.frombuffer(b"".join(found), self._ids.dtype)])
