@@ -103,8 +103,7 @@ class ByteLevelEncoder:
         starts = "".join(sorted({re.escape(token[0]) for token in added}))
         self._irregular = re.compile(rf" [\s{starts}]")
         self._chunk_start = re.compile(rf" (?=[^\s{starts}])")
-        self.added_starts = {token[0] for token in added}
-        self._table = _PartTable(self)
+        self._table = _PartTable(self, {token[0] for token in added})
         size = max([*vocab.values(), *added.values()], default=0) + 1
         self.space: int | None = vocab.get(_SPACE)
         """The id of the token that is a space alone, if the vocabulary has one."""
@@ -286,9 +285,10 @@ class _PartTable:
     the parts in one go. The encoder's dicts stay the source: a part met here for the first time is looked up there,
     which sends it to the tokenizer if it is new."""
 
-    def __init__(self, encoder: ByteLevelEncoder) -> None:
+    def __init__(self, encoder: ByteLevelEncoder, added_starts: set[str]) -> None:
+        """`added_starts`: the first characters of the added tokens (a space before one starts no chunk)."""
         self._enc = encoder
-        starts = _rust_class([*_python_spaces(), *encoder.added_starts])
+        starts = _rust_class([*_python_spaces(), *added_starts])
         self._irregular, self._joins = f" (?:{starts}|$)", f"^(?:{starts}|$)"
         self._codes = pl.DataFrame(schema={"part": pl.String, "code": pl.Int64})
         # [0 first / 1 later chunk, code]: where the part's ids start in `_ids`, and how many; -1: not looked up yet.
