@@ -20,9 +20,10 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
@@ -89,6 +90,7 @@ class DatagenConfig(HuarizoConfig):
 # Keys that may change between a run and its resumption (they do not change which records come out).
 _RESUMABLE_KEYS = {"num_records", "max_rounds", "progress", "cache_dir", "output_dir"}
 _TEACHER_RESUMABLE = {"api_base", "api_key_env", "concurrency", "max_retries", "timeout", "backoff_base"}
+T = TypeVar("T")
 
 
 def default_seeds() -> Path:
@@ -212,15 +214,9 @@ class _Generator:
         out = _Outcome(requested=len(calls))
         candidates: list[dict[str, Any]] = []
         for examples, call in zip(plans, calls, strict=True):
-            if call.response is None:
-                out.failed, out.error = out.failed + 1, call.error
+            tasks = self._parse(rnd, out, [call], partial(P.parse_alpaca_batch, first=len(examples) + 1))
+            if tasks is None:
                 continue
-            r = call.response
-            tasks = P.parse_alpaca_batch(
-                r.text, first=len(examples) + 1, truncated=r.finish_reason == "length", chat=self.chat
-            )
-            if not tasks:
-                out.rejected.append(self._unparsed(rnd, [call], r))
             prov = self.provenance(rnd, [call], self.params)
             candidates += [
                 {"instruction": t.instruction, "input": t.input, "output": t.output, "provenance": prov} for t in tasks
@@ -230,14 +226,27 @@ class _Generator:
         out.rejected += [rej.to_json() for rej in result.rejected]
         return out
 
-    def _unparsed(self, rnd: int, calls: list[_Call], r: LLMResponse) -> dict[str, Any]:
-        return {
-            "instruction": "",
-            "output": r.text,
-            "reason": "unparsed",
-            "detail": f"finish_reason={r.finish_reason}",
-            "provenance": self.provenance(rnd, calls, self.params),
-        }
+    def _parse(
+        self, rnd: int, out: _Outcome, calls: list[_Call], parse: Callable[..., list[T]], instruction: str = ""
+    ) -> list[T] | None:
+        """What the last call's answer parses into (`parse(text, truncated=, chat=)`), or None if it failed (counted
+        in `out`); an answer that parses to nothing goes to the rejects as "unparsed"."""
+        r = calls[-1].response
+        if r is None:
+            out.failed, out.error = out.failed + 1, calls[-1].error
+            return None
+        found = parse(r.text, truncated=r.finish_reason == "length", chat=self.chat)
+        if not found:
+            out.rejected.append(
+                {
+                    "instruction": instruction,
+                    "output": r.text,
+                    "reason": "unparsed",
+                    "detail": f"finish_reason={r.finish_reason}",
+                    "provenance": self.provenance(rnd, calls, self.params),
+                }
+            )
+        return found
 
     # -- Self-Instruct -------------------------------------------------------------------------------------------
     async def self_instruct_round(self, rnd: int, rng: random.Random) -> _Outcome:
@@ -264,15 +273,9 @@ class _Generator:
         new: list[tuple[str, _Call]] = []
         out.requested = len(gen)
         for ex, call in zip(plans, gen, strict=True):
-            if call.response is None:
-                out.failed, out.error = out.failed + 1, call.error
+            found = self._parse(rnd, out, [call], partial(P.parse_instructions, first=len(ex) + 1))
+            if found is None:
                 continue
-            r = call.response
-            found = P.parse_instructions(
-                r.text, first=len(ex) + 1, truncated=r.finish_reason == "length", chat=self.chat
-            )
-            if not found:
-                out.rejected.append(self._unparsed(rnd, [call], r))
             new += [(t, call) for t in found[: si.instructions_per_request]]
         verdicts = self.filter.filter_instructions([t for t, _ in new])
         survivors = []
@@ -318,14 +321,10 @@ class _Generator:
         candidates = []
         for (text, gen_call), cls_call, inst_call, c in zip(survivors, classify, inst_calls, is_cls, strict=True):
             calls = [gen_call, cls_call, inst_call]
-            ir = inst_call.response
-            if ir is None:
-                out.failed, out.error = out.failed + 1, inst_call.error
+            pairs = self._parse(rnd, out, calls, partial(P.parse_instances, output_first=c), instruction=text)
+            if pairs is None:
                 continue
-            pairs = P.parse_instances(ir.text, output_first=c, truncated=ir.finish_reason == "length", chat=self.chat)
             prov = {**self.provenance(rnd, calls, self.params), "is_classification": c}
-            if not pairs:
-                out.rejected.append({**self._unparsed(rnd, calls, ir), "instruction": text})
             candidates += [
                 {"instruction": text, "input": i, "output": o, "provenance": prov} for i, o in pairs[: si.max_instances]
             ]
