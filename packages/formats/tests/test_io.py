@@ -160,3 +160,31 @@ def test_cli_convert_skip_invalid_writes_rejects(tmp_path: Path) -> None:
     assert [r["where"] for r in rejects] == ["line 2", "line 3"]
     strict = huarizo("convert", str(src), str(tmp_path / "o2.json"), "--to", "sharegpt", "--format", "alpaca")
     assert strict.returncode == 1 and "line 2" in strict.stderr and not (tmp_path / "o2.json").exists()
+
+
+def test_cli_convert_a_conversation_it_cannot_convert(tmp_path: Path) -> None:
+    """Multi-turn ShareGPT to Alpaca: an error naming the file and the line, or with --skip-invalid a reject."""
+    turns = [["human", "hi"], ["gpt", "hello"], ["human", "and?"], ["gpt", "bye"]]
+    rows = [
+        {"id": "one", "conversations": [{"from": f, "value": v} for f, v in turns[:2]]},
+        {"id": "two", "conversations": [{"from": f, "value": v} for f, v in turns]},
+    ]
+    src = write(tmp_path / "in.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    strict = huarizo("convert", str(src), str(tmp_path / "strict.json"), "--to", "alpaca")
+    assert strict.returncode == 1 and f"{src}: line 2" in strict.stderr and "--first-turn" in strict.stderr
+    assert "Traceback" not in strict.stderr and not (tmp_path / "strict.json").exists()
+    out = tmp_path / "out.json"
+    res = huarizo("convert", str(src), str(out), "--to", "alpaca", "--skip-invalid")
+    assert res.returncode == 0, res.stderr
+    assert [r.instruction for r in load(out, "alpaca")] == ["hi"]
+    (reject,) = [json.loads(x) for x in (tmp_path / "out.json.rejects.jsonl").read_text().splitlines()]
+    assert reject["where"] == "line 2" and "--first-turn" in reject["reason"]
+
+
+def test_cli_convert_regroups_seed_tasks(tmp_path: Path, shared_data: Path) -> None:
+    seeds = shared_data / "stanford_alpaca/seed_tasks.jsonl"
+    alpaca, back = tmp_path / "alpaca.jsonl", tmp_path / "seeds.jsonl"
+    assert huarizo("convert", str(seeds), str(alpaca), "--to", "alpaca").returncode == 0
+    res = huarizo("convert", str(alpaca), str(back), "--to", "seed-tasks")
+    assert res.returncode == 0, res.stderr
+    assert load(back, "seed-tasks") == load(seeds, "seed-tasks")

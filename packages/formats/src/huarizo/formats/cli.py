@@ -64,23 +64,21 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from huarizo.formats.convert import Turn, convert, from_conversation, to_conversations
+    from huarizo.formats.convert import Turn, convert
     from huarizo.formats.errors import ConversionError
     from huarizo.formats.io import read_records, write_records
 
     turn: Turn = "first" if args.first_turn else "last" if args.last_turn else "error"
     result = read_records(args.input, args.format, skip_invalid=args.skip_invalid)
     rejects: list[dict[str, Any]] = [{"where": e.where, "field": e.field, "reason": e.message} for e in result.errors]
-    out: list[Any] = []
-    for rec, where in zip(result.records, result.locations, strict=True):
-        try:
-            out += [from_conversation(c, args.to, turn=turn, where=where) for c in to_conversations(rec)]
-        except ConversionError as exc:
-            if not args.skip_invalid:
-                raise ConversionError(f"{args.input}: {exc}") from None
-            rejects.append({"where": where, "field": None, "reason": str(exc)})
-    if args.to == "seed-tasks":
-        out = convert(out, "seed-tasks")
+    failed: list[tuple[str, ConversionError]] = []
+    try:
+        out = convert(
+            result.records, args.to, turn=turn, where=result.locations, rejects=failed if args.skip_invalid else None
+        )
+    except ConversionError as exc:
+        raise ConversionError(f"{args.input}: {exc}") from None
+    rejects += [{"where": where, "field": None, "reason": str(exc)} for where, exc in failed]
     n = write_records(args.output, out)
     print(f"wrote {n} {args.to} records to {args.output}")
     if rejects:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from huarizo.formats.errors import ConversionError
@@ -148,15 +148,32 @@ def from_conversation(conv: Conversation, fmt: str, *, turn: Turn = "error", whe
     raise ConversionError(f"unknown target format {fmt!r}")
 
 
-def convert(records: Iterable[Any], to: str, *, turn: Turn = "error") -> list[Any]:
-    """Convert records of any format to `to`. Seed tasks split into instances are regrouped when converted back."""
+def convert(
+    records: Iterable[Any],
+    to: str,
+    *,
+    turn: Turn = "error",
+    where: Sequence[str] | None = None,
+    rejects: list[tuple[str, ConversionError]] | None = None,
+) -> list[Any]:
+    """Convert records of any format to `to`. Seed tasks split into instances are regrouped when converted back.
+
+    `where` names each record in errors (default "record i"). With `rejects`, a record that cannot be converted is
+    left out (all of it) and noted there with its error, instead of raising."""
     out: list[Any] = []
     for i, record in enumerate(records):
-        for conv in to_conversations(record):
-            new = from_conversation(conv, to, turn=turn, where=f"record {i}")
+        name = where[i] if where is not None else f"record {i}"
+        try:
+            new = [(conv, from_conversation(conv, to, turn=turn, where=name)) for conv in to_conversations(record)]
+        except ConversionError as exc:
+            if rejects is None:
+                raise
+            rejects.append((name, exc))
+            continue
+        for conv, rec in new:
             prev = out[-1] if out else None
-            if to == "seed-tasks" and isinstance(prev, SeedTask) and prev.id == new.id and "seed_id" in conv.metadata:
-                prev.instances.extend(new.instances)
+            if to == "seed-tasks" and isinstance(prev, SeedTask) and prev.id == rec.id and "seed_id" in conv.metadata:
+                prev.instances.extend(rec.instances)
             else:
-                out.append(new)
+                out.append(rec)
     return out
