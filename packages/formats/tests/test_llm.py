@@ -158,3 +158,17 @@ def test_known_model_is_priced_from_the_local_table() -> None:
         resp = client.complete("a b c d", max_tokens=5)
     assert resp.cost is not None and resp.cost > 0
     assert client.usage.cost == pytest.approx(resp.cost)
+
+
+def test_another_model_under_the_same_name_is_not_answered_from_the_cache(tmp_path: Path) -> None:
+    """A server that fingerprints its model (as `huarizo serve` does): answers cached from the last model are asked
+    for again once the fingerprint changes; with the server down, the cache still answers."""
+    with ScriptedServer(lambda req: "from model A", model="teacher", fingerprint="A") as server:
+        assert not _client(server, tmp_path).complete("q").cached
+        assert _client(server, tmp_path).complete("q").cached
+        server.fingerprint, server.script = "B", lambda req: "from model B"  # retrained, same name
+        fresh = _client(server, tmp_path).complete("q")
+        assert not fresh.cached and fresh.text == "from model B" and len(server.requests) == 2
+        assert _client(server, tmp_path).complete("q").cached
+    down = _client(server, tmp_path, max_retries=0).complete("q")
+    assert down.cached and down.text == "from model B"

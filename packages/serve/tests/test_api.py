@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from huarizo.serve import RunningServer
+from huarizo.formats.llm import LLMResponse
+from huarizo.serve import RunningServer, ServeConfig, start_server
 
 MSG = [{"role": "user", "content": "Give three tips for staying healthy."}]
 
@@ -30,7 +33,31 @@ def _wait_idle(server: RunningServer, deadline: float = 20.0) -> None:
 def test_models_and_health(server: RunningServer) -> None:
     models = _client(server).models.list()
     assert [m.id for m in models.data] == ["tiny-test"]
+    assert models.data[0].model_extra == {"max_model_len": 1024, "fingerprint": server.served.fingerprint}
+    assert len(server.served.fingerprint) == 16
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_a_retrained_model_is_not_answered_from_the_llm_cache(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Huarizo's client caches answers by request; a model retrained in place and served under the same name gets a
+    new fingerprint, so its answers are asked for again, not taken from the last model's."""
+    from huarizo.formats.llm import LLMClient
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+
+    def ask(running: RunningServer) -> LLMResponse:
+        client = LLMClient("openai/tuned", api_base=running.base_url, cache_dir=tmp_path / "cache")
+        return client.complete("Name a colour.", max_tokens=4, temperature=0)
+
+    cfg = ServeConfig(model=str(folder), port=0, model_name="tuned")
+    with start_server(cfg) as before:
+        assert not ask(before).cached and ask(before).cached
+    for weights in folder.glob("*.safetensors"):  # retraining rewrites the weights
+        weights.write_bytes(weights.read_bytes())
+    with start_server(cfg) as after:
+        assert after.served.fingerprint != before.served.fingerprint
+        assert not ask(after).cached and ask(after).cached
 
 
 def test_chat_sync_client(server: RunningServer) -> None:

@@ -3,7 +3,9 @@
 Any litellm model string works: hosted APIs, a vLLM or Ollama server, or `huarizo serve` (`openai/<name>` with
 `api_base`). Requests run concurrently under a bound; 429, 5xx, timeouts and connection errors are retried with
 exponential backoff and jitter; every response is cached on disk by a hash of the request, so a rerun never pays
-twice. Tokens and cost are tracked (unknown models count tokens without cost).
+twice. A server that reports a fingerprint of its model in `/models` (`huarizo serve` does) invalidates the answers
+cached from another model served under the same name, e.g. after retraining; with the server down, the cache still
+answers. Tokens and cost are tracked (unknown models count tokens without cost).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import random
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +83,20 @@ def request_hash(model: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _fetch_fingerprint(api_base: str, model: str, api_key: str | None) -> str | None:
+    """The `fingerprint` of `model`'s card in the server's `/models`, if it has one."""
+    import httpx
+
+    name = model.split("/", 1)[-1]  # litellm's provider prefix is not part of the served name
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        cards = httpx.get(api_base.rstrip("/") + "/models", headers=headers, timeout=10).json()["data"]
+        found = [card.get("fingerprint") for card in cards if card.get("id") == name]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return found[0] if found and isinstance(found[0], str) else None
+
+
 def _retryable(exc: BaseException) -> bool:
     import litellm
 
@@ -118,6 +135,18 @@ class LLMClient:
     _sem_loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     in_flight: int = field(default=0, init=False)
     max_in_flight: int = field(default=0, init=False)
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
+    _fingerprint_asked: bool = field(default=False, init=False, repr=False)
+    _fingerprint_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def server_fingerprint(self) -> str | None:
+        """The fingerprint the server at `api_base` reports for this model in `/models` (asked once per client);
+        None without `api_base`, when the server reports none, or when it cannot be reached."""
+        with self._fingerprint_lock:
+            if not self._fingerprint_asked and self.api_base:
+                self._fingerprint = _fetch_fingerprint(self.api_base, self.model, self.api_key)
+            self._fingerprint_asked = True
+            return self._fingerprint
 
     def _priced(self) -> bool:
         """Whether litellm's local cost table knows the model (asking it about unknown models is slow)."""
@@ -129,24 +158,29 @@ class LLMClient:
     def _cache_path(self, h: str) -> Path | None:
         return Path(self.cache_dir) / h[:2] / f"{h}.json" if self.cache_dir else None
 
-    def _read_cache(self, h: str) -> LLMResponse | None:
+    def _read_cache(self, h: str, fingerprint: str | None) -> LLMResponse | None:
+        """The cached answer, unless the server now serves a model other than the one that gave it."""
         path = self._cache_path(h)
         if path is None or not path.exists():
             return None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))["response"]
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            data = entry["response"]
         except (json.JSONDecodeError, KeyError):
+            return None
+        if fingerprint is not None and entry.get("fingerprint") != fingerprint:
             return None
         return LLMResponse(**{**data, "cached": True})
 
-    def _write_cache(self, h: str, payload: dict[str, Any], resp: LLMResponse) -> None:
+    def _write_cache(self, h: str, payload: dict[str, Any], resp: LLMResponse, fingerprint: str | None) -> None:
         path = self._cache_path(h)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"request": {"model": self.model, **payload}, "response": asdict(resp)}, fh, ensure_ascii=False)
+            entry = {"request": {"model": self.model, **payload}, "response": asdict(resp), "fingerprint": fingerprint}
+            json.dump(entry, fh, ensure_ascii=False)
         os.replace(tmp, path)
 
     def payload(self, content: str | Sequence[dict[str, str]], **params: Any) -> dict[str, Any]:
@@ -165,7 +199,8 @@ class LLMClient:
         """Send one request (or answer it from the cache). Parameters: temperature, max_tokens, top_p, stop, ..."""
         payload = self.payload(content, **params)
         h = request_hash(self.model, payload)
-        hit = self._read_cache(h)
+        fingerprint = self._fingerprint if self._fingerprint_asked else await asyncio.to_thread(self.server_fingerprint)
+        hit = self._read_cache(h, fingerprint)
         if hit is not None:
             self.usage.add(hit)
             return hit
@@ -179,7 +214,7 @@ class LLMClient:
                 resp = await self._send_with_retries(payload, h)
             finally:
                 self.in_flight -= 1
-        self._write_cache(h, payload, resp)
+        self._write_cache(h, payload, resp, fingerprint)
         self.usage.add(resp)
         return resp
 

@@ -134,6 +134,19 @@ def resolve_model(ref: str | os.PathLike[str]) -> str:
     return ref
 
 
+def model_fingerprint(ref: str | os.PathLike[str]) -> str:
+    """A short hash that changes when the model behind `ref` changes: the name, size and modification time of every
+    file of its folder (a retrained or re-converted model gets a new one); a hub id hashes as itself."""
+    resolved = resolve_model(ref)
+    h = hashlib.sha256(resolved.encode())
+    folder = Path(resolved)
+    if folder.is_dir():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            stat = path.stat()
+            h.update(f"\0{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def _cannot_load(ref: str | os.PathLike[str], exc: Exception) -> ModelError:
     hint = " (a hub id needs a reachable model hub; use a local folder, a .gguf file, embedded or tiny)"
     return ModelError(f"cannot load model {str(ref)!r}: {exc}" + ("" if Path(ref).exists() else hint))

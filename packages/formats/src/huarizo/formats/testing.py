@@ -49,11 +49,14 @@ class _Server(ThreadingHTTPServer):
 class ScriptedServer:
     """An OpenAI-compatible HTTP server on 127.0.0.1 whose answers come from a script.
 
-    `latency` is added to every request (the server handles requests concurrently, one thread each).
+    `latency` is added to every request (the server handles requests concurrently, one thread each). `/models`
+    lists `model`, with `fingerprint` when one is set (as `huarizo serve` reports its model's).
     """
 
-    def __init__(self, script: Script, *, latency: float = 0.0, model: str = "scripted") -> None:
-        self.script, self.latency, self.model = script, latency, model
+    def __init__(
+        self, script: Script, *, latency: float = 0.0, model: str = "scripted", fingerprint: str | None = None
+    ) -> None:
+        self.script, self.latency, self.model, self.fingerprint = script, latency, model, fingerprint
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
@@ -89,7 +92,10 @@ class ScriptedServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                self._send(200, json.dumps({"object": "list", "data": [{"id": server.model, "object": "model"}]}))
+                card = {"id": server.model, "object": "model"}
+                if server.fingerprint is not None:
+                    card["fingerprint"] = server.fingerprint
+                self._send(200, json.dumps({"object": "list", "data": [card]}))
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")

@@ -188,6 +188,7 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             "created": int(time.time()),
             "owned_by": "huarizo",
             "max_model_len": served.context_length,
+            "fingerprint": served.fingerprint,
         }
         return {"object": "list", "data": [card]}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +30,19 @@ def split_stops(tokenizer: Any, stops: Sequence[str]) -> tuple[tuple[str, ...], 
 
 @dataclass
 class ServedModel:
-    """What the API and the chat need: engine, tokenizer, template and the served name."""
+    """What the API and the chat need: engine, tokenizer, template, the served name, and a fingerprint that changes
+    with the model's files, its dtype or its template (clients use it to tell a retrained model from the last one)."""
 
     engine: Engine
     tokenizer: Any
     template: Template
     name: str
+    fingerprint: str = ""
 
     @classmethod
     def load(cls, cfg: ServeConfig) -> ServedModel:
         """Load the model of `cfg` and start its engine."""
-        from huarizo.formats.models import load_causal_lm
+        from huarizo.formats.models import load_causal_lm, model_fingerprint
 
         model, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)
         if tokenizer.pad_token_id is None:
@@ -50,7 +53,9 @@ class ServedModel:
             else template_for_tokenizer(tokenizer, DEFAULT_TEMPLATE)
         )
         engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size, max_model_len=cfg.max_model_len)
-        return cls(engine, tokenizer, template, cfg.model_name or default_model_name(cfg.model))
+        name = cfg.model_name or default_model_name(cfg.model)
+        fingerprint = hashlib.sha256(f"{model_fingerprint(cfg.model)} {cfg.dtype} {template.name}".encode())
+        return cls(engine, tokenizer, template, name, fingerprint.hexdigest()[:16])
 
     @property
     def context_length(self) -> int:
