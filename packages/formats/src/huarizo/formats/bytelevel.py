@@ -322,6 +322,7 @@ class _PartTable:
         if (length < 0).any():
             self._learn(flat, later, code, length < 0)
             length = self._len[later, code]
+        # The ids of every part in order: part i is `_ids[start_i : start_i + length_i]`, one gather for all.
         ends = np.cumsum(length)
         start = self._start[later, code]
         blob = self._ids[np.repeat(start - ends + length, length) + np.arange(ends[-1] if len(ends) else 0)].tobytes()
