@@ -344,17 +344,20 @@ class _PartTable:
 
     def _code(self, flat: pl.Series) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Each part's code; parts not seen before get new ones."""
-        frame = flat.to_frame()
-        code = frame.join(self._codes, on="part", how="left", maintain_order="left")["code"]
-        if code.null_count():
-            new = flat.filter(code.is_null()).unique(maintain_order=True)
+        code = flat.to_frame().join(self._codes, on="part", how="left", maintain_order="left")["code"]
+        missing = code.is_null()
+        if missing.any():
+            unseen = flat.filter(missing)
             n = len(self._codes)
+            new = unseen.unique(maintain_order=True)
             added = pl.DataFrame({"part": new, "code": np.arange(n, n + len(new), dtype=np.int64)})
             self._codes = pl.concat([self._codes, added], rechunk=True)
             unknown = np.full((2, len(new)), -1, np.int64)
             self._start = np.concatenate([self._start, unknown], axis=1)
             self._len = np.concatenate([self._len, unknown], axis=1)
-            code = frame.join(self._codes, on="part", how="left", maintain_order="left")["code"]
+            # Only the parts just added need looking up again, and only among themselves.
+            found = unseen.to_frame().join(added, on="part", how="left", maintain_order="left")["code"]
+            code = code.scatter(np.flatnonzero(missing.to_numpy()), found)
         return code.to_numpy()
 
     def _learn(self, flat: pl.Series, later: np.ndarray[Any, Any], code: np.ndarray[Any, Any], unknown: Any) -> None:
