@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from huarizo.formats import ConfigError, HuarizoConfig
+from huarizo.formats.endpoint import EndpointConfig
 from huarizo.formats.models import ModelError, resolve_model
 
 
@@ -116,3 +117,48 @@ def test_embedded_model_loads_and_generates() -> None:
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+class Judged(HuarizoConfig):
+    judge: EndpointConfig
+    rounds: int = Field(3, ge=1, description="how many rounds")
+    plots: bool = True
+    files: list[str] = Field(default_factory=list)
+
+
+def test_generated_flags_follow_one_precedence_and_name_their_source(tmp_path: Path) -> None:
+    import argparse
+
+    from huarizo.formats.cli import add_config_options, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, Judged, ["judge.model", "judge.api_key_env", "rounds", "plots", "files"])
+    helptext = parser.format_help()
+    assert "--judge-api-key-env" in helptext and "how many rounds (default: 3)" in helptext
+    path = tmp_path / "j.yaml"
+    path.write_text("judge: {model: openai/a, concurrency: 2}\nrounds: 4\n")
+    # file < --set < flags
+    args = parser.parse_args([str(path), "--set", "rounds=5", "--set", "judge.model=openai/b"])
+    cfg = config_from_args(Judged, args)
+    assert (cfg.rounds, cfg.judge.model, cfg.judge.concurrency) == (5, "openai/b", 2)
+    args = parser.parse_args(
+        [str(path), "--set", "rounds=5", "--rounds", "6", "--no-plots", "--files", "a", "--files", "b"]
+    )
+    cfg = config_from_args(Judged, args)
+    assert (cfg.rounds, cfg.plots, cfg.files) == (6, False, ["a", "b"])
+    # a bad value names the flag it came from, not the file or --set
+    with pytest.raises(ConfigError, match=r"--rounds: rounds: Input should be greater than or equal to 1"):
+        config_from_args(Judged, parser.parse_args([str(path), "--rounds", "0"]))
+    with pytest.raises(ConfigError, match=r"--judge-api-key-env: .*not an environment variable name"):
+        config_from_args(Judged, parser.parse_args([str(path), "--judge-api-key-env", "sk-123"]))
+
+
+def test_endpoint_stores_the_key_name_never_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huarizo.formats import HuarizoError
+
+    ep = EndpointConfig(model="openai/j", api_key_env="HUARIZO_TEST_KEY")
+    monkeypatch.setenv("HUARIZO_TEST_KEY", "sk-secret")
+    assert ep.client().api_key == "sk-secret" and "sk-secret" not in ep.to_yaml()
+    monkeypatch.delenv("HUARIZO_TEST_KEY")
+    with pytest.raises(HuarizoError, match="HUARIZO_TEST_KEY is not set"):
+        ep.api_key()

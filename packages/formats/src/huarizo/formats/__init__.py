@@ -2,6 +2,7 @@
 
 from huarizo.formats.config import ConfigError, HuarizoConfig
 from huarizo.formats.convert import content_id, convert, from_conversation, to_conversations
+from huarizo.formats.endpoint import EndpointConfig
 from huarizo.formats.errors import ConversionError, HuarizoError, RecordError
 from huarizo.formats.io import JsonlAppender, load, read_records, write_records
 from huarizo.formats.masking import (
@@ -11,6 +12,7 @@ from huarizo.formats.masking import (
     tokenize_conversation,
     tokenize_conversations,
 )
+from huarizo.formats.results import StageResult
 from huarizo.formats.schemas import (
     FORMATS,
     AlpacaRecord,
@@ -33,6 +35,7 @@ __all__ = [
     "ConfigError",
     "Conversation",
     "ConversionError",
+    "EndpointConfig",
     "HuarizoConfig",
     "HuarizoError",
     "JsonlAppender",
@@ -45,6 +48,7 @@ __all__ = [
     "Segment",
     "ShareGPTConversation",
     "ShareGPTTurn",
+    "StageResult",
     "Template",
     "TemplateError",
     "TokenizedSample",

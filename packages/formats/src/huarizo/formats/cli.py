@@ -10,9 +10,18 @@ import itertools
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel
 
 from huarizo.formats.errors import HuarizoError
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+
+    from huarizo.formats.config import HuarizoConfig
+
+C = TypeVar("C", bound="HuarizoConfig")
 
 COMMAND_ENTRY_POINTS = "huarizo.commands"
 _TRAINED_OPEN, _TRAINED_CLOSE = "⟦", "⟧"
@@ -23,6 +32,60 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
+
+
+def _field(cls: type[BaseModel], dotted: str) -> FieldInfo:
+    """The pydantic field at a dotted path of a config class (`teacher.model`)."""
+    *parents, last = dotted.split(".")
+    for name in parents:
+        annotation = cls.model_fields[name].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise TypeError(f"{dotted}: {name} is not a config section")
+        cls = annotation
+    return cls.model_fields[last]
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser, cls: type[BaseModel], fields: Sequence[str], *, config_file: bool = True
+) -> None:
+    """Add a command's config options: the YAML file (positional), `--set`, and one flag per field in `fields`.
+
+    Flags are generated from the config class: `--api-base` for `api_base`, `--teacher-model` for `teacher.model`,
+    with the field's description and default as help; booleans get `--x / --no-x`, lists repeat the flag. Values are
+    validated by the config class itself, so a bad flag gets the same message (naming the flag) as a bad `--set`.
+    Read the result back with `config_from_args`; the precedence is file < `--set` < flags.
+    """
+    if config_file:
+        parser.add_argument("config", nargs="?", help=f"a {cls.__name__} YAML file (--set and flags override it)")
+    add_set_option(parser)
+    for dotted in fields:
+        info = _field(cls, dotted)
+        flag = "--" + dotted.replace(".", "-").replace("_", "-")
+        desc = info.description or ""
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        shown = "required" if info.is_required() else f"default: {default}"
+        kwargs: dict[str, Any] = {"dest": f"cfg:{dotted}", "default": None, "help": f"{desc} ({shown})".strip()}
+        origin = get_origin(info.annotation) or info.annotation
+        args = [a for a in get_args(info.annotation) if a is not type(None)]
+        if info.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is list or (args and get_origin(args[0]) is list):
+            kwargs.update(action="append", metavar="VALUE")
+        elif origin is Literal or (args and get_origin(args[0]) is Literal):
+            choices = get_args(info.annotation) if origin is Literal else get_args(args[0])
+            kwargs["choices"] = [str(c) for c in choices]
+        else:
+            kwargs["metavar"] = dotted.rsplit(".", 1)[-1].upper()
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """The config of a command whose options `add_config_options` added: file < `--set` < flags."""
+    flags = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg:") and value is not None:
+            flags[key[4:]] = value
+    return cls.load(getattr(args, "config", None), args.overrides, flags)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ model is the Python API's argument, so a config file and a function call cannot 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Self
@@ -57,9 +57,19 @@ class HuarizoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Self:
-        """Load from a YAML file (or only from overrides when `path` is None) and validate."""
-        source = str(path) if path is not None else "--set"
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        overrides: Sequence[str] = (),
+        flags: Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Load from a YAML file (or only from overrides when `path` is None) and validate.
+
+        One precedence everywhere: the file, then `--set KEY=VALUE` overrides, then command-line flags (`flags` maps
+        a dotted key to the flag's value). An error names where the bad value came from: the file, `--set` or the
+        flag.
+        """
+        source = str(path) if path is not None else "the command line"
         data: dict[str, Any] = {}
         if path is not None:
             try:
@@ -71,23 +81,26 @@ class HuarizoConfig(BaseModel):
             if loaded is not None and not isinstance(loaded, dict):
                 raise ConfigError(f"{source}: the top level must be a mapping of keys")
             data = loaded or {}
-        set_keys = {o.partition("=")[0].strip() for o in overrides}
+        sources = {o.partition("=")[0].strip(): "--set" for o in overrides}
         apply_overrides(data, overrides)
+        for key, value in (flags or {}).items():
+            _set_path(data, key, value)
+            sources[key] = "--" + key.replace(".", "-").replace("_", "-")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_explain(exc, source, set_keys, cls.__name__)) from None
+            raise ConfigError(_explain(exc, source, sources, cls.__name__)) from None
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (written beside every run's outputs)."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def _explain(exc: ValidationError, source: str, set_keys: set[str], name: str) -> str:
+def _explain(exc: ValidationError, source: str, sources: Mapping[str, str], name: str) -> str:
     lines = [f"invalid {name} config:"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        where = "--set" if key in set_keys else source
+        where = next((sources[k] for k in _prefixes(key) if k in sources), source)
         if err["type"] == "extra_forbidden":
             lines.append(f"  {where}: unknown key {key!r}")
         elif err["type"] == "missing":
@@ -95,6 +108,12 @@ def _explain(exc: ValidationError, source: str, set_keys: set[str], name: str) -
         else:
             lines.append(f"  {where}: {key}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def _prefixes(key: str) -> list[str]:
+    """`a.b.c` -> [`a.b.c`, `a.b`, `a`]: an error at `a.b.c` came from whoever set the closest of these."""
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def config_classes() -> dict[str, type[HuarizoConfig]]:
