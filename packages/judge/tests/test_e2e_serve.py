@@ -82,17 +82,13 @@ def test_two_served_tiny_models_answer_and_are_judged(tmp_path, vicuna, tiny_mod
         with served(folder, name, tmp_path / f"{name}.log") as url:
             files[name] = tmp_path / f"{name}.jsonl"
             cfg = AnswerConfig(
-                model=f"openai/{name}",
-                api_base=url,
-                api_key="none",
+                endpoint={"model": f"openai/{name}", "api_base": url, "cache_dir": str(tmp_path / "cache")},
                 questions=str(vicuna["questions"]),
                 out=str(files[name]),
                 limit=4,
                 max_tokens=12,
-                cache_dir=str(tmp_path / "cache"),
             )
-            usage = answer(cfg, progress=False)
-            assert usage.requests == 4
+            assert answer(cfg, progress=False).counts["asked"] == 4
     texts = {
         n: {(d := json.loads(line))["question_id"]: d["choices"][0]["turns"][0] for line in f.open()}
         for n, f in files.items()
@@ -104,10 +100,8 @@ def test_two_served_tiny_models_answer_and_are_judged(tmp_path, vicuna, tiny_mod
                 questions=str(vicuna["questions"]),
                 answers=[str(files["tiny-a"])],
                 baseline=str(files["tiny-b"]),
-                judge="openai/judge",
-                api_base=judge.url,
-                api_key="x",
-                cache_dir=str(tmp_path / "cache"),
+                judge={"model": "openai/judge", "api_base": judge.url, "cache_dir": str(tmp_path / "cache")},
+                verdict="text",
                 out=str(tmp_path / "out"),
                 bootstrap=100,
             ),
@@ -130,16 +124,13 @@ def test_embedded_model_answers_mt_bench_turn_by_turn(tmp_path, shared_data) -> 
     out = tmp_path / "embedded.jsonl"
     with served(Path(resolve_model("embedded")), "gemma", tmp_path / "serve.log") as url:
         cfg = AnswerConfig(
-            model="openai/gemma",
-            api_base=url,
-            api_key="none",
+            endpoint={"model": "openai/gemma", "api_base": url, "cache_dir": str(tmp_path / "cache")},
             questions=str(qs),
             out=str(out),
             limit=2,
             max_tokens=24,
-            cache_dir=str(tmp_path / "cache"),
         )
-        assert answer(cfg, progress=False).requests == 4
+        assert answer(cfg, progress=False).counts["asked"] == 4
     rows = [json.loads(line) for line in out.open()]
     assert len(rows) == 2 and all(len(r["choices"][0]["turns"]) == 2 for r in rows)
     with ScriptedServer(lambda req: f"Rating: [[{1 + len(shown_answer(req)) % 10}]]") as judge:
@@ -148,10 +139,8 @@ def test_embedded_model_answers_mt_bench_turn_by_turn(tmp_path, shared_data) -> 
                 mode="single",
                 questions=str(qs),
                 answers=[str(out)],
-                judge="openai/judge",
-                api_base=judge.url,
-                api_key="x",
-                cache_dir=str(tmp_path / "cache"),
+                judge={"model": "openai/judge", "api_base": judge.url, "cache_dir": str(tmp_path / "cache")},
+                verdict="text",
                 out=str(tmp_path / "grade"),
             ),
             progress=False,
