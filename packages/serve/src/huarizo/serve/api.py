@@ -25,6 +25,11 @@ from huarizo.serve.config import ServeConfig
 from huarizo.serve.engine import Delta, EngineError, Event, Finished, RequestHandle, SamplingParams
 from huarizo.serve.model import ServedModel
 
+MAX_STOPS = 128
+"""Stop strings a request may send (OpenAI allows 4; lm-eval sends its task's `until` list)."""
+MAX_STOP_CHARS = 512
+"""Characters of one stop string."""
+
 # ---- request bodies -------------------------------------------------------------------------------------------------
 
 
@@ -225,6 +230,10 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
                 param="max_tokens",
             )
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > MAX_STOPS:
+            raise APIError(400, f"stop: at most {MAX_STOPS} stop strings (got {len(stop)})", param="stop")
+        if any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise APIError(400, f"stop: a stop string has at most {MAX_STOP_CHARS} characters", param="stop")
         return served.params(
             chat=chat,
             stop=stop,

@@ -66,14 +66,17 @@ Event = Delta | Finished
 Sink = Callable[[Event], None]
 
 
-def stop_holdback(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of `text` could be the start of a stop string (so must not be sent yet)."""
+def stop_holdback(text: str, stops: Sequence[str], start: int = 0) -> int:
+    """How many trailing characters of `text[start:]` could be the start of a stop string (so must not be sent yet)."""
     best = 0
     for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
+        first = len(text) - min(len(s) - 1, len(text) - start)
+        j = text.find(s[0], first) if s else -1
+        while j != -1 and len(text) - j > best:
+            if s.startswith(text[j:]):  # the leftmost match is the longest suffix for this stop
+                best = len(text) - j
                 break
+            j = text.find(s[0], j + 1)
     return best
 
 
@@ -84,19 +87,21 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
 
 
 class TextTracker:
-    """Turns a growing list of token ids into safe text deltas, applying stop strings.
+    """Turns a growing list of token ids into safe text deltas, applying stop strings to the decoded text.
 
-    Text is decoded together with a few prompt tokens and that prefix is cut off again, so tokenizers that drop a
-    leading space at the start of a decode still give the right text; an incomplete UTF-8 character (U+FFFD at the
-    end) and a possible stop-string prefix are held back until the next token decides them.
+    Stop strings are matched on the text, whatever tokens carry it: a stop `"\\n"` ends the answer inside a token
+    `"\\n\\n"` or `"Paris.\\n"` too. Decoding is incremental (each token decodes a window that starts a few
+    tokens back, so tokenizers that drop a leading space at the start of a decode still give the right text); an
+    incomplete UTF-8 character waits for the token that completes it, and the text that could still become a stop
+    string is held back until the next token decides it.
     """
 
     def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], stops: Sequence[str]) -> None:
         self.tokenizer = tokenizer
-        self.prefix = list(prompt_ids[-4:])
-        self.prefix_text = self._decode(self.prefix)
         self.stops = [s for s in stops if s]
-        self.ids: list[int] = []
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.ids = list(prompt_ids[-4:])  # a little context: the first generated token decodes as inside the text
+        self.prefix_offset, self.read_offset = 0, len(self.ids)
         self.text = ""
         self.sent = 0
         self.stopped = False
@@ -104,27 +109,35 @@ class TextTracker:
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
+    def _extend(self, final: bool) -> None:
+        """Append the text decoded since the last complete character; apply the stops to it."""
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
+        if len(full) <= len(prefix) or (full.endswith("\ufffd") and not final):
+            return  # nothing new yet, or half a character: the next token completes it
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        start = max(self.sent, len(self.text) - self.longest + 1)
+        self.text += full[len(prefix) :]
+        hit = find_stop(self.text, self.stops, start)
+        if hit >= 0:
+            self.stopped = True
+            self.text = self.text[:hit]
+
     def add(self, token_id: int) -> str:
         """Append a token; returns the text that is now safe to send (sets `stopped` on a stop string)."""
         self.ids.append(token_id)
-        full = self._decode(self.prefix + self.ids)
-        text = full[len(self.prefix_text) :] if full.startswith(self.prefix_text) else self._decode(self.ids)
-        longest = max((len(s) for s in self.stops), default=0)
-        hit = find_stop(text, self.stops, max(0, self.sent - longest))
-        if hit >= 0:
-            self.stopped = True
-            self.text = text[:hit]
+        self._extend(final=False)
+        if self.stopped:
             return self.flush()
-        self.text = text
-        safe = len(text) - stop_holdback(text, self.stops)
-        while safe > self.sent and text[safe - 1] == "\ufffd":
-            safe -= 1
-        out = text[self.sent : max(safe, self.sent)]
+        safe = len(self.text) - stop_holdback(self.text, self.stops, self.sent)
+        out = self.text[self.sent : max(safe, self.sent)]
         self.sent += len(out)
         return out
 
     def flush(self) -> str:
-        """Everything not sent yet (at the end of a sequence)."""
+        """Everything not sent yet, an incomplete last character included (at the end of a sequence)."""
+        if not self.stopped and self.read_offset < len(self.ids):
+            self._extend(final=True)
         out = self.text[self.sent :]
         self.sent = len(self.text)
         return out
