@@ -17,7 +17,8 @@ from huarizo.serve import RunningServer, ServeConfig, start_server
 @pytest.fixture(scope="session")
 def server(tiny_model_dir: Path) -> Iterator[RunningServer]:
     """The tiny model behind `huarizo serve`'s app, no auth."""
-    with start_server(ServeConfig(model=str(tiny_model_dir), port=0, model_name="tiny-test")) as running:
+    cfg = ServeConfig(model=str(tiny_model_dir), port=0, model_name="tiny-test", dtype="float32")
+    with start_server(cfg) as running:
         yield running
 
 

@@ -212,8 +212,8 @@ def test_invalid_bodies_get_400(server: RunningServer) -> None:
     big = {"messages": [{"role": "user", "content": "x" * 2_000_000}]}
     r = httpx.post(url, json=big)
     assert r.status_code == 400 and "limit" in r.json()["error"]["message"]
-    r = httpx.post(f"{server.base_url}/completions", json={"prompt": "hi", "echo": True})
-    assert r.status_code == 400
+    r = httpx.post(f"{server.base_url}/completions", json={"prompt": "hi", "best_of": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
     r = httpx.post(f"{server.base_url}/completions", json={"prompt": [1, 2, 10**9], "max_tokens": 2})
     assert r.status_code == 400 and "token ids" in r.json()["error"]["message"]
     ok = httpx.post(f"{server.base_url}/completions", json={"prompt": [1, 20, 30], "max_tokens": 2, "top_p": None})

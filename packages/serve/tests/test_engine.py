@@ -18,6 +18,7 @@ from huarizo.formats.schemas import Conversation, Message
 from huarizo.formats.templates import get_template
 from huarizo.serve import Delta, Engine, EngineError, Finished, SamplingParams, ServedModel
 from huarizo.serve.engine import TextTracker, find_stop, stop_holdback
+from huarizo.serve.tokens import TokenText
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0)
 PROMPTS = [
@@ -355,3 +356,14 @@ def test_sliding_window_model_batches_exactly(sliding_lm: tuple[Any, Any]) -> No
         assert len(set(alone)) > 3 and max(engine.stats.batch_sizes) > 2
     finally:
         engine.close()
+
+
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None)
+@given(text=st.lists(st.sampled_from([*"ab \n#é😀ß\t", "<|im_end|>", "\n\n", "    "]), max_size=20).map("".join))
+def test_token_bytes_rebuild_the_decoded_text(tiny_tokenizer: Any, newline_tokenizer: Any, text: str) -> None:
+    """Logprobs' `bytes` of each token, joined, are exactly the decoded text (half characters included)."""
+    for tok in (tiny_tokenizer, newline_tokenizer):
+        tt = TokenText(tok)
+        ids = tok.encode(text)
+        assert b"".join(tt.text_bytes(i) for i in ids) == tok.decode(ids, skip_special_tokens=True).encode()
+        assert all(tt.string(i) == tt.token_bytes(i).decode() for i in ids if "\ufffd" not in tok.decode([i]))
