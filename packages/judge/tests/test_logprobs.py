@@ -159,6 +159,6 @@ def test_auto_reads_text_from_a_judge_without_logprobs_asking_each_item_once(tmp
 
 
 def test_logprobs_mode_says_why_a_judge_without_logprobs_gives_no_verdict(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
-    with ScriptedServer(prefer_longer) as server:
-        with pytest.raises(JudgeIncomplete, match=r"3 of 3 items got no verdict \(3 no logprobs in the reply\)"):
-            grade(_cfg(server, tmp_path, vicuna, limit=3, verdict="logprobs"), progress=False)
+    why = r"3 of 3 items got no verdict \(3 no logprobs in the reply\)"
+    with ScriptedServer(prefer_longer) as server, pytest.raises(JudgeIncomplete, match=why):
+        grade(_cfg(server, tmp_path, vicuna, limit=3, verdict="logprobs"), progress=False)
