@@ -146,6 +146,11 @@ def test_generated_flags_follow_one_precedence_and_name_their_source(tmp_path: P
     )
     cfg = config_from_args(Judged, args)
     assert (cfg.rounds, cfg.plots, cfg.files) == (6, False, ["a", "b"])
+    path.write_text("judge: {model: openai/a, api_key_env: KEY}\n")
+    assert (
+        config_from_args(Judged, parser.parse_args([str(path), "--judge-api-key-env", "null"])).judge.api_key_env
+        is None
+    )
     # a bad value names the flag it came from, not the file or --set
     with pytest.raises(ConfigError, match=r"--rounds: rounds: Input should be greater than or equal to 1"):
         config_from_args(Judged, parser.parse_args([str(path), "--rounds", "0"]))

@@ -84,7 +84,7 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     flags = {}
     for key, value in vars(args).items():
         if key.startswith("cfg:") and value is not None:
-            flags[key[4:]] = value
+            flags[key[4:]] = None if value == "null" else value  # as in YAML and --set: `null` unsets
     return cls.load(getattr(args, "config", None), args.overrides, flags)
 
 

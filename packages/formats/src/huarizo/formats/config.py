@@ -107,6 +107,8 @@ def _explain(exc: ValidationError, source: str, sources: Mapping[str, str], name
             lines.append(f"  {where}: missing required key {key!r}")
         else:
             lines.append(f"  {where}: {key}: {err['msg']} (got {err.get('input')!r})")
+    if len(lines) == 2:  # one error: one line
+        return f"{lines[0]} {lines[1].strip()}"
     return "\n".join(lines)
 
 

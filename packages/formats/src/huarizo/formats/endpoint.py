@@ -24,15 +24,21 @@ class EndpointConfig(HuarizoConfig):
     `huarizo serve`, vLLM, Ollama)."""
 
     model: str = Field(description="litellm model string, e.g. openai/gpt-4o-mini, or openai/NAME with api_base")
-    api_base: str | None = Field(None, description="base URL of an OpenAI-compatible server (ends in /v1)")
+    api_base: str | None = Field(default=None, description="base URL of an OpenAI-compatible server (ends in /v1)")
     api_key_env: str | None = Field(
-        None, description="name of the environment variable holding the API key (the key itself is never stored)"
+        default=None,
+        description="name of the environment variable holding the API key (the key itself is never stored)",
     )
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
-    request_timeout: float = Field(120.0, gt=0, description="seconds before a request counts as failed (retried)")
-    max_retries: int = Field(5, ge=0, description="retries of a failed request (429, 5xx, time-outs, connection)")
+    concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
+    request_timeout: float = Field(
+        default=120.0, gt=0, description="seconds before a request counts as failed (retried)"
+    )
+    max_retries: int = Field(
+        default=5, ge=0, description="retries of a failed request (429, 5xx, time-outs, connection)"
+    )
     cache_dir: str | None = Field(
-        None, description="on-disk cache of replies (default: the command's own, e.g. OUT/cache or $HUARIZO_CACHE)"
+        default=None,
+        description="on-disk cache of replies (default: the command's own, e.g. OUT/cache or $HUARIZO_CACHE)",
     )
 
     @field_validator("api_key_env")

@@ -18,10 +18,12 @@ class StageResult(BaseModel):
 
     outputs: dict[str, Path] = Field(default_factory=dict, description="name -> file or folder the stage wrote")
     counts: dict[str, int] = Field(default_factory=dict, description="what the stage counted (records kept, ...)")
-    prompt_tokens: int = Field(0, description="tokens sent to a model (teacher, judge, served model)")
-    completion_tokens: int = Field(0, description="tokens a model generated for this stage")
-    cost: float | None = Field(0.0, description="USD spent on priced models (None: some calls had no known price)")
-    seconds: float = Field(0.0, description="wall time of the stage")
+    prompt_tokens: int = Field(default=0, description="tokens sent to a model (teacher, judge, served model)")
+    completion_tokens: int = Field(default=0, description="tokens a model generated for this stage")
+    cost: float | None = Field(
+        default=0.0, description="USD spent on priced models (None: some calls had no known price)"
+    )
+    seconds: float = Field(default=0.0, description="wall time of the stage")
 
     @property
     def tokens(self) -> int:
