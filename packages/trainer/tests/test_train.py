@@ -121,6 +121,51 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(run_train: RunTrai
     assert refused.returncode == 1 and "output.resume=false" in refused.stderr
 
 
+def test_zero3_resume_loads_its_partitions_safely(run_train: RunTrain, base_config: dict[str, Any]) -> None:
+    """ZeRO-3 checkpoints (partitioned weights and optimiser state) load through the weights-only loader."""
+    cfg = base_config | {"deepspeed": {"stage": 3}}
+    cfg["optim"] = cfg["optim"] | {"max_steps": 4}
+    cfg["output"] = cfg["output"] | {"save_steps": 2}
+    killed = run_train(cfg, env={KILL_AT_STEP_ENV: "3"}, check=False)
+    assert killed.returncode == -9
+    resumed = run_train(cfg)
+    assert "resumed at 2" in resumed.stdout
+    assert [r["step"] for r in read_metrics(Path(cfg["output_dir"]))] == [1, 2, 3, 4]
+
+
+PLANTED = """
+import builtins, sys, torch
+
+class Payload:
+    def __reduce__(self):
+        return (builtins.open, (sys.argv[2], "w"))  # unpickling it creates the marker file
+
+torch.save({"module": Payload(), "step": 3}, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("planted", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_a_planted_pickle_in_checkpoints_never_runs(
+    run_train: RunTrain, base_config: dict[str, Any], tmp_path: Path, planted: str
+) -> None:
+    """Whoever can write into a run folder cannot make resume run code: a checkpoint file that would create a file
+    when unpickled is refused (one line naming it), and the file is never created."""
+    cfg = dict(base_config)
+    cfg["optim"] = cfg["optim"] | {"max_steps": 4}
+    cfg["output"] = cfg["output"] | {"save_steps": 2}
+    run_train(cfg)
+    step = Path(cfg["output_dir"]) / "checkpoints" / "step-4"
+    assert (step / planted).exists()
+    marker = tmp_path / "pwned"
+    subprocess.run([sys.executable, "-c", PLANTED, str(step / planted), str(marker)], check=True)
+    cfg["optim"]["max_steps"] = 6
+    proc = run_train(cfg, check=False)
+    assert proc.returncode == 1 and not marker.exists()
+    (line,) = proc.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: {step / planted}: refused to load") and "io.open" in line  # builtins.open
+    assert "Traceback" not in proc.stderr
+
+
 def test_lora_trains_and_merges(run_train: RunTrain, base_config: dict[str, Any], tiny_model_dir: Path) -> None:
     cfg = dict(base_config)
     cfg["lora"] = {

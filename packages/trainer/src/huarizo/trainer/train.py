@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from huarizo.formats import IGNORE_INDEX, HuarizoError, JsonlAppender, write_records
+from huarizo.formats import IGNORE_INDEX, JsonlAppender, write_records
 from huarizo.formats.models import resolve_model
 from huarizo.formats.templates import get_template
 from huarizo.trainer.config import TrainConfig
@@ -42,10 +42,6 @@ from huarizo.trainer.model import (
 
 KILL_AT_STEP_ENV = "HUARIZO_TRAIN_KILL_AT_STEP"
 """Fault injection for crash-recovery tests: the process SIGKILLs itself right after logging this step."""
-
-
-class ResumeError(HuarizoError):
-    """A checkpoint that does not belong to this run's config."""
 
 
 @dataclass
@@ -251,17 +247,22 @@ def train(cfg: TrainConfig) -> TrainResult:
         model=model, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params, config=conf
     )
 
+    from huarizo.trainer import checkpoint  # imports deepspeed, which must come after setup_distributed
+
     ckpt_dir = out / "checkpoints"
     order = hashlib.sha256(json.dumps(schedule.steps).encode()).hexdigest()
     start = 0
-    if cfg.output.resume and (ckpt_dir / "latest").exists():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
+    tag = checkpoint.latest_tag(ckpt_dir) if cfg.output.resume else None
+    if tag is not None:
+        client = checkpoint.load(engine, ckpt_dir, tag)
         if client.get("data_order") != order:
-            raise ResumeError(
+            raise checkpoint.ResumeError(
                 f"{ckpt_dir}: the checkpoint was written with other data, batching or seed, so resuming would not "
                 "continue the same run; use another output_dir or --set output.resume=false"
             )
-        start = int(client["step"])
+        if not isinstance(client.get("step"), int):
+            raise checkpoint.ResumeError(f"{ckpt_dir / tag}: the checkpoint does not say which step it was saved at")
+        start = client["step"]
     logger = _Logger(cfg, start, rank == 0)
     packed = cfg.batching.mode == "packed"
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, 0))
