@@ -36,7 +36,8 @@ NEWLINE_TOKENS = ["\n", "\n\n", "\n\n\n", "  ", "    "]
 
 @pytest.fixture(scope="session")
 def newline_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama whose tokenizer has `"\\n"`, `"\\n\\n"` and runs of spaces as added tokens (like Gemma's)."""
+    """A tiny random Llama whose tokenizer has `"\\n"`, `"\\n\\n"` and runs of spaces as added tokens (like Gemma's);
+    its weights are scaled up so that greedy answers vary (newlines included) instead of repeating one token."""
     import torch
     from tokenizers import AddedToken
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -58,8 +59,12 @@ def newline_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(1)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    torch.manual_seed(5)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
