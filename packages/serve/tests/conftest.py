@@ -75,3 +75,11 @@ def newline_tokenizer(newline_model_dir: Path):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(newline_model_dir)
+
+
+@pytest.fixture(scope="session")
+def newline_server(newline_model_dir: Path) -> Iterator[RunningServer]:
+    """`newline_model_dir` behind `huarizo serve` (float32: compared with direct forward passes to 1e-4)."""
+    cfg = ServeConfig(model=str(newline_model_dir), port=0, model_name="nl", dtype="float32")
+    with start_server(cfg) as running:
+        yield running

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from huarizo.serve import RunningServer, ServeConfig, start_server
+from huarizo.serve import RunningServer
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -60,14 +59,6 @@ generation_kwargs:
 metric_list:
   - metric: exact_match
 """
-
-
-@pytest.fixture(scope="module")
-def newline_server(newline_model_dir: Path) -> Iterator[RunningServer]:
-    """A model whose greedy answers contain newlines, behind `huarizo serve` (float32: compared to 1e-4 below)."""
-    cfg = ServeConfig(model=str(newline_model_dir), port=0, model_name="nl", dtype="float32")
-    with start_server(cfg) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
