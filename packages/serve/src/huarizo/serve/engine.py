@@ -486,7 +486,8 @@ class Engine:
         tokens = []
         for i, s in enumerate(seqs):
             p = s.params
-            row = self._adjust(logits[i], s)
+            adjusted = self._adjust(logits[i], s)
+            row = logits[i] if adjusted is None else adjusted
             if p.temperature > 0:
                 if 0 < p.top_k < row.shape[-1]:
                     row = row.masked_fill(row < row.topk(p.top_k).values[-1], float("-inf"))
@@ -497,7 +498,7 @@ class Engine:
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
                 tokens.append(int(torch.multinomial(probs.cpu(), 1, generator=s.generator)))
             else:
-                tokens.append(greedy[i] if row is logits[i] else int(row.argmax()))
+                tokens.append(greedy[i] if adjusted is None else int(row.argmax()))
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         if want:  # one log-softmax and one top-k for the rows that asked
@@ -511,12 +512,15 @@ class Engine:
             self._accept(s, token, logprob)
 
     def _adjust(self, row: Any, s: _Seq) -> Any:
-        """The row of logits with the sequence's logit bias and penalties applied (the same row when it has none)."""
+        """The row of logits with the sequence's logit bias and penalties applied; None when it has none."""
         p, torch = s.params, self.torch
+        penalised = bool(s.counts) and bool(p.presence_penalty or p.frequency_penalty)
+        if not p.logit_bias and not penalised:
+            return None
         if p.logit_bias:
             ids, bias = zip(*p.logit_bias, strict=True)
             row = row.index_add(0, torch.tensor(ids, device=row.device), torch.tensor(bias, device=row.device))
-        if s.counts and (p.presence_penalty or p.frequency_penalty):
+        if penalised:
             ids = torch.tensor(list(s.counts), device=row.device)
             counts = torch.tensor(list(s.counts.values()), dtype=row.dtype, device=row.device)
             row = row.index_add(0, ids, -(p.frequency_penalty * counts + p.presence_penalty))
