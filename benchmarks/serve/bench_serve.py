@@ -116,10 +116,11 @@ async def _load(url: str, clients: int, top_logprobs: int | None = None) -> dict
             r = await http.post(f"{url}/{'completions' if top_logprobs is None else 'chat/completions'}", json=body)
             r.raise_for_status()
             latencies.append(time.perf_counter() - start)
-            tokens += r.json()["usage"]["completion_tokens"]
-            if top_logprobs:
+            done = r.json()["usage"]["completion_tokens"]
+            tokens += done
+            if top_logprobs:  # (a chat answer may end early, at the template's end of turn)
                 content = r.json()["choices"][0]["logprobs"]["content"]
-                assert len(content) == MAX_TOKENS and all(len(t["top_logprobs"]) == top_logprobs for t in content)
+                assert len(content) == done and all(len(t["top_logprobs"]) == top_logprobs for t in content)
 
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as http:
         start = time.perf_counter()
