@@ -33,16 +33,27 @@ class EngineError(HuarizoError):
     """A request the engine cannot serve (too long for the context, engine closed)."""
 
 
+class EngineBusy(EngineError):
+    """The waiting queue is full: the request was not queued; try again later."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one sequence is generated. `temperature == 0` is greedy decoding; `max_tokens == 0` only reads the
-    prompt (for its logprobs). `logprobs=k` reports each generated token's logprob and the k most likely tokens at
-    its position (0: the token's alone); `prompt_logprobs=k` does the same for the prompt's tokens. Logprobs are
-    those of the model's distribution, before temperature, top-p, penalties and logit bias."""
+    prompt (for its logprobs). `logit_bias` adds to chosen tokens' logits; `presence_penalty` and
+    `frequency_penalty` lower the logits of tokens already generated (once, and per occurrence), as OpenAI defines
+    them; `top_k` (0: off) keeps the k most likely tokens. `logprobs=k` reports each generated token's logprob and
+    the k most likely tokens at its position (0: the token's alone); `prompt_logprobs=k` does the same for the
+    prompt's tokens. Logprobs are those of the model's distribution, before temperature, top-k, top-p, penalties and
+    logit bias."""
 
     max_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
@@ -182,6 +193,7 @@ class _Seq:
     generated: int = 0
     unsent_tokens: int = 0
     done: bool = False
+    counts: dict[int, int] = field(default_factory=dict)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: PromptLogprobs | None = None
@@ -225,6 +237,7 @@ class Engine:
         *,
         max_batch_size: int = 16,
         max_model_len: int | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         import torch
 
@@ -232,6 +245,7 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
         cfg = getattr(model.config, "get_text_config", lambda: model.config)()
         ctx = getattr(cfg, "max_position_embeddings", None) or 2048
         self.max_model_len = min(max_model_len or ctx, ctx)
@@ -254,6 +268,7 @@ class Engine:
         self.prompt_logprobs_supported = self._head_matches()
         self.stats = EngineStats()
         self._queue: queue.Queue[_Seq | None] = queue.Queue()
+        self._admit = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="huarizo-engine", daemon=True)
         self._thread.start()
@@ -262,8 +277,27 @@ class Engine:
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> RequestHandle:
         """Queue a sequence; `sink` gets its `Delta`s and one `Finished`, called from the engine thread."""
+        return self.submit_many([(prompt_ids, params, sink)])[0]
+
+    def submit_many(self, items: Sequence[tuple[Sequence[int], SamplingParams, Sink]]) -> list[RequestHandle]:
+        """Queue several sequences, all or none: `EngineBusy` when they would take the waiting queue past
+        `max_waiting`, `EngineError` when one of them cannot be served."""
         if self._closed:
             raise EngineError("the engine is closed")
+        seqs = [self._new_seq(ids, params, sink) for ids, params, sink in items]
+        with self._admit:
+            waiting = self._queue.qsize()
+            if self.max_waiting is not None and waiting + len(seqs) > self.max_waiting:
+                raise EngineBusy(
+                    f"the server is busy: {waiting} sequences are waiting for a batch slot and this request adds "
+                    f"{len(seqs)} (at most {self.max_waiting} may wait); retry later"
+                )
+            for seq in seqs:
+                self._queue.put(seq)
+        self.stats.waiting = self._queue.qsize()
+        return [RequestHandle(seq) for seq in seqs]
+
+    def _new_seq(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> _Seq:
         if not prompt_ids:
             raise EngineError("the prompt is empty")
         if params.prompt_logprobs is not None and not self.prompt_logprobs_supported:
@@ -273,13 +307,9 @@ class Engine:
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's context "
                 f"of {self.max_model_len} tokens"
             )
-        torch = self.torch
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(params.seed if params.seed is not None else int(torch.seed()) % (2**63))
-        seq = _Seq(list(prompt_ids), params, sink, TextTracker(self.tokenizer, prompt_ids, params.stop), gen)
-        self._queue.put(seq)
-        self.stats.waiting = self._queue.qsize()
-        return RequestHandle(seq)
+        gen = self.torch.Generator(device="cpu")
+        gen.manual_seed(params.seed if params.seed is not None else int(self.torch.seed()) % (2**63))
+        return _Seq(list(prompt_ids), params, sink, TextTracker(self.tokenizer, prompt_ids, params.stop), gen)
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generator[Event, None, None]:
         """Generate synchronously, yielding events as they come; closing the iterator cancels the sequence."""
@@ -456,15 +486,19 @@ class Engine:
         tokens = []
         for i, s in enumerate(seqs):
             p = s.params
+            adjusted = self._adjust(logits[i], s)
+            row = logits[i] if adjusted is None else adjusted
             if p.temperature > 0:
-                probs = torch.softmax(logits[i] / p.temperature, -1)
+                if 0 < p.top_k < row.shape[-1]:
+                    row = row.masked_fill(row < row.topk(p.top_k).values[-1], float("-inf"))
+                probs = torch.softmax(row / p.temperature, -1)
                 if p.top_p < 1.0:
                     sorted_p, order = probs.sort(descending=True)
                     keep = sorted_p.cumsum(-1) - sorted_p < p.top_p
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
                 tokens.append(int(torch.multinomial(probs.cpu(), 1, generator=s.generator)))
             else:
-                tokens.append(greedy[i])
+                tokens.append(greedy[i] if adjusted is None else int(row.argmax()))
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         if want:  # one log-softmax and one top-k for the rows that asked
@@ -477,9 +511,26 @@ class Engine:
         for s, token, logprob in zip(seqs, tokens, logprobs, strict=True):
             self._accept(s, token, logprob)
 
+    def _adjust(self, row: Any, s: _Seq) -> Any:
+        """The row of logits with the sequence's logit bias and penalties applied; None when it has none."""
+        p, torch = s.params, self.torch
+        penalised = bool(s.counts) and bool(p.presence_penalty or p.frequency_penalty)
+        if not p.logit_bias and not penalised:
+            return None
+        if p.logit_bias:
+            ids, bias = zip(*p.logit_bias, strict=True)
+            row = row.index_add(0, torch.tensor(ids, device=row.device), torch.tensor(bias, device=row.device))
+        if penalised:
+            ids = torch.tensor(list(s.counts), device=row.device)
+            counts = torch.tensor(list(s.counts.values()), dtype=row.dtype, device=row.device)
+            row = row.index_add(0, ids, -(p.frequency_penalty * counts + p.presence_penalty))
+        return row
+
     def _accept(self, s: _Seq, token: int, logprob: TokenLogprob | None) -> None:
         s.last_token = token
         s.generated += 1
+        if s.params.presence_penalty or s.params.frequency_penalty:
+            s.counts[token] = s.counts.get(token, 0) + 1
         self.stats.completion_tokens += 1
         if logprob is not None:
             s.logprobs.append(logprob)
