@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from transformers import AutoTokenizer
 
-from huarizo.formats.templates import get_template
+from huarizo.formats.templates import chat_template_for, get_template
 from huarizo.serve import ServeConfig, ServeError, start_server
 from huarizo.serve.model import served_fingerprint
 from huarizo.serve.vllm import vllm_command
@@ -110,7 +111,9 @@ def test_start_server_runs_vllm_with_huarizos_template_key_stops_and_fingerprint
     alpaca = get_template("alpaca")
     assert seen["stop"] == ["END", *[s for s in alpaca.stop_strings(eos="</s>") if s != "END"]]
     assert "### Instruction:" in seen["stop"] and seen["key"] == "secret" and seen["dtype"] == "auto"
-    assert seen["template"] == alpaca.to_jinja()  # type: ignore[attr-defined]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert seen["template"] == chat_template_for(alpaca, tokenizer)  # with the BOS the model was trained with
+    assert seen["template"] != alpaca.to_jinja()  # type: ignore[attr-defined]
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.base_url}/models", timeout=2)  # stopped with the context
 

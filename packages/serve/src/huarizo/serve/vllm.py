@@ -51,17 +51,18 @@ def vllm_launch(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
     if len(cfg.api_keys) > 1:
         raise ServeError("--backend vllm takes one API key (vLLM checks a single key)")
     from huarizo.formats.models import cache_dir, load_tokenizer
-    from huarizo.formats.templates import ChatTemplate
+    from huarizo.formats.templates import chat_template_for
     from huarizo.serve.model import default_model_name, served_fingerprint, served_template
 
     tokenizer = load_tokenizer(cfg.model)
     template = served_template(cfg, tokenizer)
     fingerprint = served_fingerprint(cfg.model, cfg.dtype, template.name)
     jinja = None
-    if isinstance(template, ChatTemplate):
+    exported = chat_template_for(template, tokenizer)  # with the BOS the model was trained with
+    if exported is not None:
         path = cache_dir() / "vllm" / f"{template.name}-{fingerprint}.jinja"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template.to_jinja())
+        path.write_text(exported)
         jinja = str(path)
     settings = {
         "model": cfg.model_name or default_model_name(cfg.model),
