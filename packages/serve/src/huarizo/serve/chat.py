@@ -72,9 +72,9 @@ def chat_loop(
         interrupted = False
         try:
             for ev in stream:
-                if isinstance(ev, Delta):
-                    print(ev.text, end="", file=out, flush=True)
+                if isinstance(ev, Delta):  # kept before it is printed: Ctrl-C may land between the two
                     shown.append(ev.text)
+                    print(ev.text, end="", file=out, flush=True)
         except KeyboardInterrupt:  # the answer stops here; the history keeps what was written
             stream.close()
             interrupted = True
