@@ -38,7 +38,19 @@ def judge() -> Iterator[Any]:
         yield server
 
 
-def tiny_recipe(run_dir: Path, base_model: Path, teacher_url: str, judge_url: str) -> dict[str, Any]:
+@pytest.fixture(scope="session")
+def questions() -> Path:
+    """The quickstart's held-out questions (with short reference answers)."""
+    return QUESTIONS
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe() -> Any:
+    """A function building the tiny-model recipe: `tiny_recipe(run_dir, base_model, teacher_url, judge_url)`."""
+    return _tiny_recipe
+
+
+def _tiny_recipe(run_dir: Path, base_model: Path, teacher_url: str, judge_url: str) -> dict[str, Any]:
     """The whole recipe on tiny models: scripted teacher, filter, a few training steps, base and tuned served by the
     run and answering the quickstart's questions, reference metrics, the scripted judge, the report."""
     return {

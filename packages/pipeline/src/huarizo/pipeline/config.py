@@ -34,6 +34,8 @@ SERVED = "served"
 """The `api_base` of an endpoint served by the run: `model: openai/<name>` names the entry of `serve:`."""
 BASE, TUNED = "base", "tuned"
 """`serve.<name>.model` values meaning the recipe's base model and the model the train stage writes."""
+RUN_OWNED = {"AnswerConfig": {"out", "questions", "model_id"}, "GradeConfig": {"out", "questions", "answers"}}
+"""Required keys of stage configs that a recipe leaves out because the run fills them in."""
 STAGES = ("datagen", "filter", "clean", "train", "answer", "metrics", "judge", "report")
 """Every stage, in the order a run takes them."""
 
@@ -129,6 +131,16 @@ class RecipeConfig(HuarizoConfig):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The JSON schema, where the keys the run fills in (output paths, the questions) are not required."""
+        schema = super().model_json_schema(*args, **kwargs)
+        for name, keys in RUN_OWNED.items():
+            found = schema.get("$defs", {}).get(name)
+            if found is not None and "required" in found:
+                found["required"] = [k for k in found["required"] if k not in keys]
+        return schema
 
     def stages(self) -> list[str]:
         """The stages of this recipe, in run order."""

@@ -148,15 +148,31 @@ def _key(recipe: RecipeConfig, stage: Stage) -> dict[str, Any]:
     }
 
 
+def _check_endpoints(stage: Stage) -> None:
+    """Fail fast, before any work, when a model the stage reaches at a URL (not served by the run) is down."""
+    import httpx
+
+    for where, url in stage.endpoints:
+        try:
+            httpx.get(url.rstrip("/") + "/models", timeout=10)
+        except httpx.HTTPError as exc:
+            raise StageError(
+                stage.name, f"the {where} model at {url} is not reachable ({type(exc).__name__}: {exc})"
+            ) from None
+
+
 def _prepare(folder: Path, key: str) -> bool:
     """Make `folder` ready to run a stage with `key`: continue an interrupted run with the same key (True), or
     start afresh (False, after clearing what a run with another key left)."""
     pending = read_json(folder / PENDING)
     if isinstance(pending, dict) and pending.get("key") == key:
         return True
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for child in folder.iterdir():  # the folder itself stays (it may be a mount point)
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
     write_json(folder / PENDING, {"key": key, "started_at": _now()})
     return False
 
@@ -253,6 +269,7 @@ def _one_stage(recipe: RecipeConfig, stage: Stage, ctx: _Context, *, selected: b
             ctx.results[stage.name] = manifest
             display.finish(stage.name, "skipped", None, None, " (up to date)")
             return "skipped"
+        _check_endpoints(stage)
         resumed = _prepare(folder, key)
         write_text(folder / "stage.yaml", _yaml(parts["config"]))
         t0 = time.monotonic()

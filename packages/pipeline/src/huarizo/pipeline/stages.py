@@ -90,6 +90,7 @@ class Stage:
     models: list[str] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
     upstream: list[str] = field(default_factory=list)
+    endpoints: list[tuple[str, str]] = field(default_factory=list)
     total: Callable[[], int | None] | None = None
     poll: Callable[[], str] | None = None
 
@@ -113,6 +114,18 @@ def resolve_served(data: Any, ctx: Context) -> Any:
     if isinstance(data, list):
         return [resolve_served(v, ctx) for v in data]
     return data
+
+
+def _urls(section: Any, where: str) -> list[tuple[str, str]]:
+    """(where, api_base) of every endpoint in a section dump with a URL of its own (not served by the run)."""
+    found = []
+    if isinstance(section, dict):
+        base = section.get("api_base")
+        if isinstance(base, str) and base != SERVED and (section.get("model") or section.get("judge")):
+            found.append((where, base))
+        for key, value in section.items():
+            found += _urls(value, f"{where}.{key}" if where else key)
+    return found
 
 
 def _served_names(recipe: RecipeConfig, stage: str) -> list[str]:
@@ -189,6 +202,7 @@ def _datagen(recipe: RecipeConfig) -> Stage:
         run,
         inputs=[Path(cfg.seeds) if cfg.seeds else default_seeds()],
         served=served,
+        endpoints=_urls(cfg.model_dump(mode="json"), ""),
         poll=poll,
     )
 
@@ -464,6 +478,7 @@ def _answer(recipe: RecipeConfig) -> Stage:
         inputs=[recipe.questions],
         served=served,
         upstream=_tuned_upstream(recipe, served),
+        endpoints=_urls({n: c.model_dump(mode="json") for n, c in entries.items()}, ""),
         total=total,
     )
 
@@ -543,6 +558,7 @@ def _judge(recipe: RecipeConfig) -> Stage:
         inputs=inputs,
         served=served,
         upstream=(["answer"] if recipe.answer is not None else []) + _tuned_upstream(recipe, served),
+        endpoints=_urls(cfg.model_dump(mode="json"), "judge"),
     )
 
 
