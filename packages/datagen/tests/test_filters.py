@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from huarizo.datagen.filters import FilterConfig, RecordFilter
+from huarizo.datagen import FilterConfig, RecordFilter, filter_file
 from huarizo.datagen.rouge import rouge_score_filter
 from huarizo.formats import load, write_records
 from huarizo.formats.cli import main
@@ -119,3 +119,41 @@ def test_bad_input_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["filter", str(src), str(tmp_path / "o.jsonl")]) == 1
     err = capsys.readouterr().err
     assert "bad.jsonl: line 2" in err and "instruction" in err
+
+
+def test_instruction_only_files_are_filtered_before_any_instance_exists(tmp_path: Path) -> None:
+    """Self-Instruct filters instructions before it has instances: records with no output get the instruction
+    checks (and exact duplicates), and are written back with all their fields."""
+    rows = [
+        {"instruction": "Describe the picture of a sunset over the harbour.", "most_similar": {}},  # keywords
+        {"instruction": "Summarize."},  # length
+        {"instruction": "Explain how a refrigerator keeps food cold at home.", "avg_similarity_score": 0.1},
+        {"instruction": "Explain how a refrigerator keeps the food cold at home."},  # rouge
+        {"instruction": "Plan a three-day trip to Rome."},
+        {"instruction": "Plan a three-day trip to Rome."},  # duplicate
+    ]
+    src, out = tmp_path / "machine_instructions.jsonl", tmp_path / "kept.jsonl"
+    write_records(src, rows)
+    result = filter_file(src, out)
+    assert result.instructions_only and result.kept == 2 and result.rejected == 4
+    assert result.reasons == {"keywords": 1, "length": 1, "rouge": 1, "duplicate": 1}
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [rows[2], rows[4]]  # fields kept
+    rejects = [json.loads(line) for line in result.outputs["rejects"].read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == ["keywords", "length", "rouge", "duplicate"]
+    assert result.counts == {"records": 6, "kept": 2, "rejected": 4}
+
+
+def test_instruction_only_real_file_matches_rouge_score(shared_data: Path, tmp_path: Path) -> None:
+    """The 252 user-oriented Self-Instruct instructions (no top-level output), with Alpaca's 175 seed tasks as pool,
+    through the CLI: the kept instructions are exactly those rouge_score's sequential filter keeps."""
+    src = shared_data / "self_instruct/human_eval/user_oriented_instructions.jsonl"
+    pool = shared_data / "stanford_alpaca/seed_tasks.jsonl"
+    out = tmp_path / "kept.jsonl"
+    argv = ["filter", str(src), str(out), "--pool", str(pool), "--checks", "rouge", "--rouge-threshold", "0.5"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    pool_instructions = [json.loads(line)["instruction"] for line in pool.read_text().splitlines()]
+    ref = rouge_score_filter([r["instruction"] for r in rows], pool_instructions, threshold=0.5)
+    assert kept == [r for r, ok in zip(rows, ref, strict=True) if ok]
+    assert 0 < len(kept) < len(rows) and all("instances" in r and "motivation_app" in r for r in kept)

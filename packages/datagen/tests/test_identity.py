@@ -22,6 +22,6 @@ def test_identity_conversations_are_varied_and_name_the_model() -> None:
 
 def test_identity_cli(tmp_path: Path) -> None:
     out = tmp_path / "identity.json"
-    assert main(["datagen", "identity", "--name", "Llamita", "--org", "Huarizo", str(out), "-n", "40"]) == 0
+    assert main(["datagen", "identity", "--name", "Llamita", "--org", "Huarizo", str(out), "--count", "40"]) == 0
     convs = load(out, "sharegpt")
     assert len(convs) == 40 and any("Llamita" in t.value for t in convs[0].conversations)

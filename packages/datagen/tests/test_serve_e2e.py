@@ -79,15 +79,17 @@ def _generate(url: str, out: Path, mode: str, max_tokens: int, tasks: int) -> No
             f"teacher.api_base={url}",
             f"teacher.mode={mode}",
             f"teacher.max_tokens={max_tokens}",
-            "teacher.timeout=300",
+            "teacher.request_timeout=300",
             "teacher.temperature=0.7",
         ],
     )
     result = run(cfg)
     journal = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    assert journal[0]["requests"] == 2 and journal[0]["failed"] == 0
+    assert journal[0]["requests"] == 2 and result.failed == 0
     assert result.completion_tokens > 0 and len(list((out / "cache").rglob("*.json"))) == 2
-    assert result.kept + result.rejected > 0  # every reply was parsed: kept, filtered or rejected as unparsed
+    # every task the model wrote is kept or rejected with a reason, and a reply with none is one `unparsed` reject
+    rejects = (out / "rejects.jsonl").read_text().splitlines()
+    assert result.generated == result.kept + result.rejected == len(rejects) + result.kept >= 2
     if result.kept:
         assert main(["validate", str(out / "records.jsonl"), "--format", "alpaca"]) == 0
 

@@ -1,16 +1,16 @@
 """huarizo-datagen: instruction data generation (Self-Instruct, Alpaca), filtering and ShareGPT cleaning."""
 
-from huarizo.datagen.filters import FilterConfig, FilterResult, RecordFilter, filter_file
-from huarizo.datagen.generate import (
+from huarizo.datagen.config import (
     AlpacaConfig,
+    CleanConfig,
     DatagenConfig,
-    RunResult,
+    FilterConfig,
+    IdentityConfig,
     SelfInstructConfig,
     TeacherConfig,
-    default_seeds,
-    load_seeds,
-    run,
 )
+from huarizo.datagen.filters import FilterFileResult, FilterResult, RecordFilter, filter_file
+from huarizo.datagen.generate import DatagenResult, FailedRequest, RoundFailed, default_seeds, load_seeds, run
 from huarizo.datagen.identity import identity_conversations, write_identity
 from huarizo.datagen.rouge import (
     CJKTokenizer,
@@ -20,22 +20,33 @@ from huarizo.datagen.rouge import (
     novelty_filter,
     rouge_score_filter,
 )
-from huarizo.datagen.sharegpt import CleanConfig, CleanResult, clean_conversations, clean_file, html_to_markdown
+from huarizo.datagen.sharegpt import (
+    CleanFileResult,
+    CleanResult,
+    clean_conversations,
+    clean_file,
+    html_to_markdown,
+)
 
 __version__ = "0.1.0"
 __all__ = [
     "AlpacaConfig",
     "CJKTokenizer",
     "CleanConfig",
+    "CleanFileResult",
     "CleanResult",
     "DatagenConfig",
+    "DatagenResult",
     "DefaultTokenizer",
+    "FailedRequest",
     "FilterConfig",
+    "FilterFileResult",
     "FilterResult",
+    "IdentityConfig",
     "Match",
     "NoveltyIndex",
     "RecordFilter",
-    "RunResult",
+    "RoundFailed",
     "SelfInstructConfig",
     "TeacherConfig",
     "clean_conversations",

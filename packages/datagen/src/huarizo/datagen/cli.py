@@ -1,32 +1,68 @@
-"""Commands of huarizo-datagen: `datagen run`, `datagen identity`, `filter`, `clean-sharegpt`."""
+"""Commands of huarizo-datagen: `datagen run`, `datagen identity`, `filter`, `clean-sharegpt`.
+
+Every command's options come from its config model (`huarizo.datagen.config`): a YAML file, then `--set KEY=VALUE`,
+then flags, each overriding the one before.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from huarizo.formats.cli import add_set_option
+from huarizo.datagen.config import CleanConfig, DatagenConfig, FilterConfig, IdentityConfig
+from huarizo.formats.cli import add_config_options, config_from_args
+
+_RUN_FLAGS = [
+    "pipeline",
+    "output_dir",
+    "seeds",
+    "num_records",
+    "max_rounds",
+    "requests_per_round",
+    "seed",
+    "progress",
+    "teacher.model",
+    "teacher.api_base",
+    "teacher.api_key_env",
+    "teacher.mode",
+    "teacher.concurrency",
+    "teacher.request_timeout",
+    "teacher.max_retries",
+    "teacher.temperature",
+    "teacher.top_p",
+    "teacher.max_tokens",
+]
+_FILTER_FLAGS = ["checks", "rouge_threshold", "tokenizer", "min_words", "max_words"]
+_CLEAN_FLAGS = ["max_length", "tokenizer", "lang", "min_pairs"]
+_IDENTITY_FLAGS = ["name", "org", "count", "seed"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from huarizo.datagen.generate import DatagenConfig, run
+    from huarizo.datagen.generate import DatagenResult, RoundFailed, run
 
-    result = run(DatagenConfig.load(args.config, args.overrides))
-    cost = f"${result.cost:.4f}"
-    print(
-        f"{result.kept} records kept, {result.rejected} rejected in {result.rounds} rounds; {result.requests} requests "
-        f"({result.cached} from cache, {result.failed} failed), {result.prompt_tokens}+{result.completion_tokens} "
-        f"tokens, cost {cost} -> {result.records_path}"
-    )
-    if result.reasons:
-        print("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items(), key=lambda kv: -kv[1])))
+    def report(r: DatagenResult) -> None:
+        cost = "unknown (unpriced model)" if r.cost is None else f"${r.cost:.4f}"
+        print(
+            f"{r.kept} records kept, {r.rejected} rejected of {r.generated} generated in {r.rounds} rounds; "
+            f"{r.requests} requests ({r.cached} from cache, {r.retries} retries, {r.failed} failed), "
+            f"{r.prompt_tokens}+{r.completion_tokens} tokens, cost {cost} -> {r.records_path}"
+        )
+        if r.reasons:
+            print("rejected: " + ", ".join(f"{k} {v}" for k, v in r.reasons.items()))
+
+    try:
+        report(run(config_from_args(DatagenConfig, args)))
+    except RoundFailed as exc:
+        report(exc.result)
+        raise
     return 0
 
 
 def _identity(args: argparse.Namespace) -> int:
     from huarizo.datagen.identity import write_identity
 
-    n = write_identity(args.output, args.name, args.org, args.n, args.seed)
+    cfg = config_from_args(IdentityConfig, args)
+    n = write_identity(args.output, cfg.name, cfg.org, cfg.count, cfg.seed)
     print(f"wrote {n} identity conversations to {args.output}")
     return 0
 
@@ -34,64 +70,69 @@ def _identity(args: argparse.Namespace) -> int:
 def _filter(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from huarizo.datagen.filters import FilterConfig, filter_file, summary_table
+    from huarizo.datagen.filters import filter_file, summary_table
 
-    overrides = [f"rouge_threshold={args.rouge_threshold}", f"tokenizer={args.tokenizer}", *args.overrides]
-    if args.checks:
-        overrides.append(f"checks=[{args.checks}]")
-    cfg = FilterConfig.load(None, overrides)
+    cfg = config_from_args(FilterConfig, args)
     result = filter_file(args.input, args.output, pool=args.pool, cfg=cfg, rejects=args.rejects)
     Console(highlight=False).print(summary_table(result, f"huarizo filter {args.input}"))
-    print(f"kept {len(result.kept)} -> {args.output}; rejects -> {args.rejects or str(args.output) + '.rejects.jsonl'}")
+    what = "instructions" if result.instructions_only else "records"
+    print(f"kept {result.kept} {what} -> {args.output}; rejects -> {result.outputs['rejects']}")
     return 0
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from huarizo.datagen.sharegpt import CleanConfig, clean_file
+    from huarizo.datagen.sharegpt import clean_file
 
-    cfg = CleanConfig(max_length=args.max_length, tokenizer=args.tokenizer, lang=args.lang, min_pairs=args.min_pairs)
-    result = clean_file(args.input, args.output, cfg)
-    drops = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items(), key=lambda kv: -kv[1])) or "none"
-    print(f"kept {len(result.kept)} conversations ({result.split} split) -> {args.output}; dropped: {drops}")
+    result = clean_file(args.input, args.output, config_from_args(CleanConfig, args))
+    drops = ", ".join(f"{k} {v}" for k, v in result.reasons.items()) or "none"
+    print(
+        f"kept {result.kept} conversations ({result.split} split, {result.parts} written) -> {args.output}; "
+        f"dropped: {drops}"
+    )
     return 0
+
+
+def _config_file_option(parser: argparse.ArgumentParser, cls: type) -> None:
+    parser.add_argument("--config", metavar="FILE", help=f"a {cls.__name__} YAML file (--set and flags override it)")
 
 
 def register(sub: Any) -> None:
     """Register `datagen` (run, identity), `filter` and `clean-sharegpt`."""
     p = sub.add_parser("datagen", help="generate instruction data (Self-Instruct, Alpaca) or identity conversations")
     dsub = p.add_subparsers(dest="datagen_command", metavar="ACTION", required=True)
-    r = dsub.add_parser("run", help="run a generation config (resumes the run in its output_dir)")
-    r.add_argument("config", help="YAML config, e.g. configs/datagen/alpaca.yaml")
-    add_set_option(r)
+    r = dsub.add_parser(
+        "run",
+        help="run a generation config (resumes the run in its output_dir)",
+        description="Generate instruction data; e.g. huarizo datagen run configs/datagen/alpaca.yaml. A rerun "
+        "resumes the run in output_dir; exit 1 (naming them) when teacher requests failed for good.",
+    )
+    add_config_options(r, DatagenConfig, _RUN_FLAGS)
     r.set_defaults(func=_run)
+
     i = dsub.add_parser("identity", help="write ShareGPT identity conversations")
     i.add_argument("output")
-    i.add_argument("--name", required=True)
-    i.add_argument("--org", required=True)
-    i.add_argument("-n", type=int, default=120, help="how many conversations")
-    i.add_argument("--seed", type=int, default=0)
+    _config_file_option(i, IdentityConfig)
+    add_config_options(i, IdentityConfig, _IDENTITY_FLAGS, config_file=False)
     i.set_defaults(func=_identity)
 
-    f = sub.add_parser("filter", help="filter Alpaca data: ROUGE-L novelty (exact, fast), keywords, length, ...")
+    f = sub.add_parser(
+        "filter",
+        help="filter Alpaca records or instructions: ROUGE-L novelty (exact, fast), keywords, length, ...",
+        description="Filter a file of Alpaca records, or of instructions alone (records without an output).",
+    )
     f.add_argument("input")
     f.add_argument("output")
     f.add_argument(
         "--pool", action="append", default=[], metavar="FILE", help="instructions already in the pool (repeat)"
     )
-    f.add_argument("--rouge-threshold", type=float, default=0.7)
-    f.add_argument("--tokenizer", choices=["default", "cjk"], default="default", help="ROUGE-L tokenizer")
-    f.add_argument(
-        "--checks", help="comma-separated: all, rouge, keywords, length, start, empty-output, duplicate, conflict"
-    )
     f.add_argument("--rejects", help="rejects file (default: OUTPUT.rejects.jsonl)")
-    add_set_option(f)
+    _config_file_option(f, FilterConfig)
+    add_config_options(f, FilterConfig, _FILTER_FLAGS, config_file=False)
     f.set_defaults(func=_filter)
 
     c = sub.add_parser("clean-sharegpt", help="clean ShareGPT conversations (HTML, roles, dedupe, language, split)")
     c.add_argument("input")
     c.add_argument("output")
-    c.add_argument("--tokenizer", help="HF tokenizer folder for lengths (default: words)")
-    c.add_argument("--max-length", type=int, default=2048)
-    c.add_argument("--lang", help="keep only this language, e.g. en (needs py3langid)")
-    c.add_argument("--min-pairs", type=int, default=1)
+    _config_file_option(c, CleanConfig)
+    add_config_options(c, CleanConfig, _CLEAN_FLAGS, config_file=False)
     c.set_defaults(func=_clean)

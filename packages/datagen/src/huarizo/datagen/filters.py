@@ -11,51 +11,20 @@ The tabular checks are polars expressions; the ROUGE-L check then runs in input 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from huarizo.datagen.config import FilterConfig
 from huarizo.datagen.rouge import NoveltyIndex
-from huarizo.formats import HuarizoConfig, HuarizoError, JsonlAppender, read_records, write_records
-
-INSTRUCTION_CHECKS = ("keywords", "length", "start", "rouge")
-INSTANCE_CHECKS = ("empty-output", "duplicate", "conflict")
-ALL_CHECKS = INSTRUCTION_CHECKS + INSTANCE_CHECKS
-
-# Words that ask for something a text model cannot see, hear, draw or open. Not "plot" (a film's plot) nor "sound".
-DEFAULT_BLACKLIST = [
-    "image", "images", "picture", "pictures", "photo", "photos", "photograph", "drawing", "draw", "sketch", "paint",
-    "graph", "graphs", "chart", "diagram", "flowchart", "map", "maps", "video", "videos", "audio", "music",
-    "listen", "file", "files", "attached", "screenshot", "go to", "website link",
-]  # fmt: skip
-
-
-class FilterConfig(HuarizoConfig):
-    """Which checks run and their settings (`checks: [all]` or a subset of the names in `ALL_CHECKS`)."""
-
-    checks: list[str] = Field(default_factory=lambda: ["all"])
-    rouge_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
-    tokenizer: str = Field(default="default", pattern="^(default|cjk)$")
-    blacklist: list[str] = Field(default_factory=lambda: list(DEFAULT_BLACKLIST))
-    min_words: int = Field(default=3, ge=0)
-    max_words: int = Field(default=150, ge=1)
-
-    @field_validator("checks")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if c != "all" and c not in ALL_CHECKS]
-        if bad:
-            raise ValueError(f"unknown check(s) {bad}; choose from all, {', '.join(ALL_CHECKS)}")
-        return v
-
-    def enabled(self, check: str) -> bool:
-        """Whether a check runs."""
-        return "all" in self.checks or check in self.checks
+from huarizo.formats import AlpacaRecord, JsonlAppender, RecordError, StageResult, write_records
+from huarizo.formats.io import RawRecord, iter_raw, parse_record
 
 
 def _instruction_reasons(df: pl.DataFrame, cfg: FilterConfig) -> pl.Expr:
@@ -135,7 +104,7 @@ class RecordFilter:
 
     def __init__(self, cfg: FilterConfig | None = None, pool: Iterable[str] = ()) -> None:
         self.cfg = cfg or FilterConfig()
-        self.index = NoveltyIndex(self.cfg.rouge_threshold, self.cfg.tokenizer)  # type: ignore[arg-type]
+        self.index = NoveltyIndex(self.cfg.rouge_threshold, self.cfg.tokenizer)
         self._kept_instructions: set[str] = set()
         self.added: list[str] = []  # instructions that joined the pool through this filter, in order
         for text in pool:
@@ -158,11 +127,18 @@ class RecordFilter:
         return Rejected({}, "rouge", f"ROUGE-L {match.score:.3f} vs {match.text!r}")
 
     def filter_instructions(self, instructions: Sequence[str]) -> list[Rejected | None]:
-        """Instruction checks only, in order; kept instructions join the pool. None means kept."""
+        """Instruction checks only, in order; kept instructions join the pool. None means kept. An instruction this
+        filter kept before is a `duplicate` (or, with that check off, a ROUGE-L match of 1)."""
         recs = [{"instruction": t} for t in instructions]
         reasons = tabular_reasons(recs, self.cfg, instance_checks=False)
         out: list[Rejected | None] = []
         for rec, reason in zip(recs, reasons, strict=True):
+            repeat = reason is None and rec["instruction"] in self._kept_instructions
+            if repeat and self.cfg.enabled("duplicate"):
+                reason = "duplicate"
+            elif repeat and self.cfg.enabled("rouge"):
+                out.append(Rejected(rec, "rouge", f"ROUGE-L 1.000 vs {rec['instruction']!r}"))
+                continue
             if reason is not None:
                 out.append(Rejected(rec, reason))
                 continue
@@ -190,16 +166,34 @@ class RecordFilter:
 
 
 def read_instructions(paths: Iterable[str | Path]) -> list[str]:
-    """The `instruction` of every record in the given files (seed tasks, Alpaca, ...), in order."""
-    out: list[str] = []
-    for path in paths:
-        result = read_records(path)
-        for rec in result.records:
-            text = getattr(rec, "instruction", None)
-            if text is None:
-                raise HuarizoError(f"{path}: records have no 'instruction' field (format {result.format})")
-            out.append(text)
+    """The `instruction` of every record in the given files (seed tasks, Alpaca, instruction-only...), in order."""
+    return [r.data["instruction"] for path in paths for r in _read_raw(path, "instruction")]
+
+
+def _read_raw(path: str | Path, required: str) -> list[RawRecord]:
+    """The records of a file as JSON objects, each with a non-empty string `required` field; errors name the
+    file, the line and the field."""
+    out = []
+    for item in iter_raw(path):
+        if isinstance(item, RecordError):
+            raise item
+        if not isinstance(item.data, dict):
+            raise RecordError(item.file, item.where, None, f"expected a JSON object, got {type(item.data).__name__}")
+        value = item.data.get(required)
+        if not isinstance(value, str) or not value.strip():
+            problem = "missing required field" if value is None else "empty" if isinstance(value, str) else "not text"
+            raise RecordError(item.file, item.where, required, problem)
+        out.append(item)
     return out
+
+
+class FilterFileResult(StageResult):
+    """What `filter_file` did. `counts`: `records` (read), `kept`, `rejected`; `reasons`: rejected per reason."""
+
+    kept: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = Field(default_factory=dict, description="rejected records per reason")
+    instructions_only: bool = Field(False, description="the input had no outputs: only instruction checks ran")
 
 
 def filter_file(
@@ -209,30 +203,55 @@ def filter_file(
     pool: Sequence[str | Path] = (),
     cfg: FilterConfig | None = None,
     rejects: str | Path | None = None,
-) -> FilterResult:
-    """Filter an Alpaca file into `dst`; rejected records with `reason`/`detail` go to `rejects` (default
-    `DST.rejects.jsonl`)."""
-    records = [r.to_json() for r in read_records(src, "alpaca").records]
-    result = RecordFilter(cfg, read_instructions(pool)).filter(records)
+) -> FilterFileResult:
+    """Filter a file of Alpaca records, or of instructions alone (records with an `instruction` and no `output`,
+    as Self-Instruct filters them before any instance exists), into `dst`. Rejected records, with `reason` and
+    `detail`, go to `rejects` (default `DST.rejects.jsonl`). Instruction-only records are written back as they
+    were read, other fields included; only the instruction checks (and exact duplicates) apply to them."""
+    start = time.monotonic()
+    raws = _read_raw(src, "instruction")
+    instructions_only = bool(raws) and not any("output" in r.data for r in raws)
+    filt = RecordFilter(cfg, read_instructions(pool))
+    if instructions_only:
+        records = [r.data for r in raws]
+        result = FilterResult()
+        for rec, rej in zip(records, filt.filter_instructions([r["instruction"] for r in records]), strict=True):
+            if rej is None:
+                result.kept.append(rec)
+            else:
+                result.rejected.append(Rejected(rec, rej.reason, rej.detail))
+    else:
+        result = filt.filter([cast(AlpacaRecord, parse_record(r, "alpaca")).to_json() for r in raws])
     write_records(dst, result.kept)
     rej_path = Path(rejects) if rejects else Path(f"{dst}.rejects.jsonl")
     rej_path.unlink(missing_ok=True)
     with JsonlAppender(rej_path) as app:
         app.append(r.to_json() for r in result.rejected)
-    return result
+    kept, rejected = len(result.kept), len(result.rejected)
+    return FilterFileResult(
+        outputs={"records": Path(dst), "rejects": rej_path},
+        counts={"records": len(raws), "kept": kept, "rejected": rejected},
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost=0.0,
+        seconds=time.monotonic() - start,
+        kept=kept,
+        rejected=rejected,
+        reasons=dict(result.counts.most_common()),
+        instructions_only=instructions_only,
+    )
 
 
-def summary_table(result: FilterResult, title: str = "filter") -> Any:
+def summary_table(result: FilterFileResult, title: str = "filter") -> Any:
     """A rich table: kept and rejected counts per reason."""
     from rich.table import Table
 
-    total = len(result.kept) + len(result.rejected)
+    total = result.kept + result.rejected
     table = Table(title=title)
     table.add_column("outcome")
     table.add_column("records", justify="right")
     table.add_column("share", justify="right")
-    rows = [("kept", len(result.kept)), *sorted(result.counts.items(), key=lambda kv: -kv[1])]
-    for name, n in rows:
+    for name, n in [("kept", result.kept), *result.reasons.items()]:
         table.add_row(name if name == "kept" else f"rejected: {name}", str(n), f"{n / max(total, 1):.1%}")
     table.add_row("total", str(total), "", style="bold")
     return table

@@ -1,14 +1,16 @@
 """`huarizo datagen run`: Self-Instruct and Alpaca-style generation with any litellm teacher.
 
-A run is a folder: `records.jsonl` (kept Alpaca records with provenance), `rejects.jsonl` (dropped ones with a
-reason), `rounds.jsonl` (one line per finished round: counts, tokens, cost), `config.yaml`, and `cache/` (every
-teacher reply, by request hash).
+A run is a folder: `records.jsonl` (kept Alpaca records with provenance), `rejects.jsonl` (every task the teacher
+wrote that was dropped, with a reason), `rounds.jsonl` (one line per finished round: counts, tokens, cost),
+`config.yaml`, and `cache/` (every teacher reply, by request hash).
 
 Work goes in rounds. A round's prompts depend only on the run's seed, the round number and the records kept in the
 rounds before it, and its results are processed in request order, so replaying a round gives the same records. A
 round's records are appended first and its `rounds.jsonl` line last; on start, records of a round without that line
 (a run killed mid-round, even by kill -9) are cut away and the round is replayed, its replies coming from the cache.
-Nothing is lost, nothing is duplicated, and no reply is paid for twice.
+A round in which a request failed for good (after all its retries) is not committed either: the run stops with
+`RoundFailed` naming the failed requests, and the rerun replays the round, retrying only those. Nothing is lost,
+nothing is duplicated, no reply is paid for twice, and the records equal those of a run that met no fault.
 """
 
 from __future__ import annotations
@@ -16,81 +18,29 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from huarizo.datagen import prompts as P
-from huarizo.datagen.filters import FilterConfig, RecordFilter
-from huarizo.formats import AlpacaRecord, HuarizoConfig, HuarizoError, JsonlAppender, SeedTask, load, write_records
-from huarizo.formats.llm import LLMClient, LLMError, LLMResponse
-
-
-class TeacherConfig(HuarizoConfig):
-    """The teacher: any litellm model string. The default is the embedded base model behind `huarizo serve`."""
-
-    model: str = "openai/embedded"
-    api_base: str | None = "http://127.0.0.1:8000/v1"
-    api_key_env: str | None = Field(default=None, description="name of the environment variable holding the API key")
-    mode: Literal["chat", "completion"] = "completion"
-    concurrency: int = Field(default=8, ge=1)
-    max_retries: int = Field(default=5, ge=0)
-    timeout: float = Field(default=120.0, gt=0)
-    backoff_base: float = Field(default=0.5, ge=0)
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int = Field(default=1536, ge=1, description="reply limit for generation requests")
-
-
-class AlpacaConfig(HuarizoConfig):
-    """Alpaca's simplification: one request, a batch of whole tasks."""
-
-    tasks_per_request: int = Field(default=20, ge=1)
-    seed_examples: int = Field(default=3, ge=1)
-
-
-class SelfInstructConfig(HuarizoConfig):
-    """The Self-Instruct bootstrap."""
-
-    human_examples: int = Field(default=6, ge=0)
-    machine_examples: int = Field(default=2, ge=0)
-    instructions_per_request: int = Field(default=8, ge=1)
-    classify_examples: int = Field(default=12, ge=2)
-    instance_examples: int = Field(default=3, ge=1)
-    max_instances: int = Field(default=3, ge=1)
-
-
-class DatagenConfig(HuarizoConfig):
-    """One generation run (`huarizo datagen run CONFIG.yaml`)."""
-
-    pipeline: Literal["alpaca", "self-instruct"] = "alpaca"
-    output_dir: Path = Path("runs/datagen")
-    seeds: Path | None = Field(
-        default=None, description="seed tasks file (default: the 60 shipped with huarizo-datagen)"
-    )
-    num_records: int = Field(default=100, ge=1, description="stop once this many records are kept")
-    max_rounds: int = Field(default=1000, ge=1)
-    requests_per_round: int = Field(default=8, ge=1, description="generation requests sent together in one round")
-    seed: int = 0
-    cache_dir: Path | None = Field(default=None, description="reply cache (default: OUTPUT_DIR/cache)")
-    progress: bool = True
-    teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig())
-    alpaca: AlpacaConfig = Field(default_factory=lambda: AlpacaConfig())
-    self_instruct: SelfInstructConfig = Field(default_factory=lambda: SelfInstructConfig())
-    filter: FilterConfig = Field(default_factory=lambda: FilterConfig())
-
+from huarizo.datagen.config import DatagenConfig
+from huarizo.datagen.filters import RecordFilter
+from huarizo.formats import AlpacaRecord, HuarizoError, JsonlAppender, SeedTask, StageResult, load, write_records
+from huarizo.formats.llm import LLMClient, LLMError, LLMResponse, request_hash
 
 # Keys that may change between a run and its resumption (they do not change which records come out).
-_RESUMABLE_KEYS = {"num_records", "max_rounds", "progress", "cache_dir", "output_dir"}
-_TEACHER_RESUMABLE = {"api_base", "api_key_env", "concurrency", "max_retries", "timeout", "backoff_base"}
-T = TypeVar("T")
+_RESUMABLE_KEYS = {"num_records", "max_rounds", "progress", "output_dir"}
+_TEACHER_RESUMABLE = {"api_base", "api_key_env", "concurrency", "max_retries", "request_timeout", "cache_dir"}
+
+ProgressCallback = Callable[[int, int, str], None]
+"""Called as `(records kept, records wanted, a line of detail)` whenever a request ends or a round is committed."""
 
 
 def default_seeds() -> Path:
@@ -106,21 +56,35 @@ def load_seeds(path: Path | None) -> list[SeedTask]:
     return seeds
 
 
-@dataclass
-class RunResult:
-    """What a run produced (all rounds, including earlier runs it resumed)."""
+class FailedRequest(BaseModel):
+    """A teacher request that failed for good (after its retries) in a round that was therefore not committed."""
+
+    round: int
+    stage: str = Field(description="alpaca-batch, instructions, classify or instances")
+    prompt_id: str
+    request_hash: str = Field(description="the request's cache key")
+    error: str
+
+
+class DatagenResult(StageResult):
+    """What a generation run produced, over all its rounds (including earlier runs it resumed).
+
+    `counts` holds `generated` (every task the teacher wrote: kept + rejected), `kept`, `rejected`, `rounds`,
+    `requests`, `cached`, `retries` and `failed`; `reasons` the rejected tasks per reason (the data funnel).
+    `cost` is None when some replies had no known price (e.g. a local teacher).
+    """
 
     output_dir: Path
-    kept: int
-    rejected: int
-    rounds: int
-    requests: int
-    cached: int
-    failed: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float
-    reasons: dict[str, int] = field(default_factory=dict)
+    kept: int = 0
+    rejected: int = 0
+    generated: int = 0
+    rounds: int = 0
+    requests: int = Field(default=0, description="requests sent to the teacher (cache hits not included)")
+    cached: int = Field(default=0, description="requests answered from the reply cache")
+    retries: int = 0
+    failed: int = Field(default=0, description="requests that failed for good in the round that stopped the run")
+    reasons: dict[str, int] = Field(default_factory=dict, description="rejected tasks per reason")
+    failed_requests: list[FailedRequest] = Field(default_factory=list)
 
     @property
     def records_path(self) -> Path:
@@ -128,10 +92,20 @@ class RunResult:
         return self.output_dir / "records.jsonl"
 
 
+class RoundFailed(HuarizoError):
+    """Some teacher requests of a round failed after all their retries: the round was not committed, and rerunning
+    the same config retries them (`result` holds what the run had done, `result.failed_requests` the failures)."""
+
+    def __init__(self, message: str, result: DatagenResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class _Call:
     stage: str
     prompt_id: str
+    request_hash: str
     response: LLMResponse | None
     error: str = ""
 
@@ -141,18 +115,17 @@ class _Outcome:
     kept: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     requested: int = 0
-    failed: int = 0
-    error: str = ""
+    failed: list[_Call] = field(default_factory=list)
 
 
 class _Generator:
-    def __init__(self, cfg: DatagenConfig, client: LLMClient, seeds: list[SeedTask], on_update: Callable[[], None]):
-        self.cfg, self.client, self.seeds, self.on_update = cfg, client, seeds, on_update
+    def __init__(self, cfg: DatagenConfig, client: LLMClient, seeds: list[SeedTask], on_request: Callable[[], None]):
+        self.cfg, self.client, self.seeds, self.on_request = cfg, client, seeds, on_request
         self.chat = cfg.teacher.mode == "chat"
         self.filter = RecordFilter(cfg.filter, [s.instruction for s in seeds])
         self.machine: list[str] = []  # instructions of kept records, in order (Self-Instruct's machine examples)
         self._machine_set: set[str] = set()
-        self._prefetched: dict[int, tuple[list[list[SeedTask]], asyncio.Future[list[_Call]]]] = {}
+        self.prefetched: dict[int, tuple[list[list[SeedTask]], asyncio.Future[list[_Call]]]] = {}
 
     @property
     def params(self) -> dict[str, Any]:
@@ -165,34 +138,56 @@ class _Generator:
             self._machine_set.add(ins)
             self.machine.append(ins)
 
-    async def ask(self, stage: str, prompt_id: str, prompt: str, **params: Any) -> _Call:
-        content: Any = prompt if not self.chat else [{"role": "user", "content": prompt}]
+    async def ask(self, stage: str, prompt_id: str, prompt: P.Prompt, **params: Any) -> _Call:
+        content: Any = prompt.text if not self.chat else [{"role": "user", "content": prompt.text}]
+        params = {**self.params, "stop": prompt.stop, **params}
+        h = request_hash(self.client.model, self.client.payload(content, **params))
         try:
-            resp, error = await self.client.acomplete(content, **{**self.params, **params}), ""
+            resp, error = await self.client.acomplete(content, **params), ""
         except LLMError as exc:
             resp, error = None, str(exc)
-        self.on_update()
-        return _Call(stage, prompt_id, resp, error)
+        self.on_request()
+        return _Call(stage, prompt_id, h, resp, error)
 
-    def provenance(self, rnd: int, calls: list[_Call], params: dict[str, Any]) -> dict[str, Any]:
+    def provenance(self, rnd: int, calls: list[_Call]) -> dict[str, Any]:
         last = calls[-1]
-        if last.response is None:
-            raise ValueError("provenance of a failed call")
         return {
             "pipeline": self.cfg.pipeline,
             "round": rnd,
             "teacher": self.cfg.teacher.model,
             "mode": self.cfg.teacher.mode,
-            "params": params,
+            "params": self.params,
             "stage": last.stage,
             "prompt_id": last.prompt_id,
-            "request_hash": last.response.request_hash,
-            "steps": [
-                {"stage": c.stage, "prompt_id": c.prompt_id, "request_hash": c.response.request_hash}
-                for c in calls
-                if c.response is not None
-            ],
+            "request_hash": last.request_hash,
+            "steps": [{"stage": c.stage, "prompt_id": c.prompt_id, "request_hash": c.request_hash} for c in calls],
         }
+
+    def _parse(self, call: _Call, parse: Callable[..., P.Parsed[Any]]) -> P.Parsed[Any]:
+        """What a call's reply parses into (`parse(text, truncated=, chat=)`)."""
+        r = call.response
+        assert r is not None  # failed calls stop the round before their replies are parsed
+        return parse(r.text, truncated=r.finish_reason == "length", chat=self.chat)
+
+    def _drop(self, rnd: int, calls: list[_Call], drop: P.Drop, instruction: str = "") -> dict[str, Any]:
+        """A rejects line for a task the teacher wrote that cannot be used."""
+        return {
+            "instruction": drop.instruction or instruction,
+            "input": drop.input,
+            "output": drop.output,
+            "reason": drop.reason,
+            "detail": drop.detail,
+            "provenance": self.provenance(rnd, calls),
+        }
+
+    def _over(
+        self, rnd: int, calls: list[_Call], items: list[tuple[str, str, str]], limit: int, what: str
+    ) -> list[dict[str, Any]]:
+        """Rejects lines for the (instruction, input, output) items of a reply beyond the number asked for."""
+        return [
+            self._drop(rnd, calls, P.Drop("over-limit", *item, f"{what} beyond the {limit} asked for"))
+            for item in items[limit:]
+        ]
 
     # -- Alpaca --------------------------------------------------------------------------------------------------
     def _alpaca_requests(self, rnd: int) -> tuple[list[list[SeedTask]], asyncio.Future[list[_Call]]]:
@@ -207,49 +202,30 @@ class _Generator:
     async def alpaca_round(self, rnd: int, prefetch: bool = False) -> _Outcome:
         # An Alpaca round's prompts depend only on the seed and the round number, so the next round's requests can
         # be in flight while this one is parsed and filtered (`prefetch`, skipped near the end of a run).
-        plans, pending = self._prefetched.pop(rnd) if rnd in self._prefetched else self._alpaca_requests(rnd)
+        plans, pending = self.prefetched.pop(rnd) if rnd in self.prefetched else self._alpaca_requests(rnd)
         if prefetch and rnd + 1 < self.cfg.max_rounds:
-            self._prefetched[rnd + 1] = self._alpaca_requests(rnd + 1)
+            self.prefetched[rnd + 1] = self._alpaca_requests(rnd + 1)
         calls = await pending
-        out = _Outcome(requested=len(calls))
+        out = _Outcome(requested=len(calls), failed=[c for c in calls if c.response is None])
+        if out.failed:
+            return out
         candidates: list[dict[str, Any]] = []
         for examples, call in zip(plans, calls, strict=True):
-            tasks = self._parse(rnd, out, [call], partial(P.parse_alpaca_batch, first=len(examples) + 1))
-            if tasks is None:
-                continue
-            prov = self.provenance(rnd, [call], self.params)
+            parsed = self._parse(call, partial(P.parse_alpaca_batch, first=len(examples) + 1))
+            out.rejected += [self._drop(rnd, [call], d) for d in parsed.dropped]
+            prov = self.provenance(rnd, [call])
             candidates += [
-                {"instruction": t.instruction, "input": t.input, "output": t.output, "provenance": prov} for t in tasks
+                {"instruction": t.instruction, "input": t.input, "output": t.output, "provenance": prov}
+                for t in parsed.items
             ]
         result = self.filter.filter(candidates)
         out.kept = result.kept
         out.rejected += [rej.to_json() for rej in result.rejected]
         return out
 
-    def _parse(
-        self, rnd: int, out: _Outcome, calls: list[_Call], parse: Callable[..., list[T]], instruction: str = ""
-    ) -> list[T] | None:
-        """What the last call's answer parses into (`parse(text, truncated=, chat=)`), or None if it failed (counted
-        in `out`); an answer that parses to nothing goes to the rejects as "unparsed"."""
-        r = calls[-1].response
-        if r is None:
-            out.failed, out.error = out.failed + 1, calls[-1].error
-            return None
-        found = parse(r.text, truncated=r.finish_reason == "length", chat=self.chat)
-        if not found:
-            out.rejected.append(
-                {
-                    "instruction": instruction,
-                    "output": r.text,
-                    "reason": "unparsed",
-                    "detail": f"finish_reason={r.finish_reason}",
-                    "provenance": self.provenance(rnd, calls, self.params),
-                }
-            )
-        return found
-
     # -- Self-Instruct -------------------------------------------------------------------------------------------
     async def self_instruct_round(self, rnd: int, rng: random.Random) -> _Outcome:
+        """Instructions, then classification, then instances; a stage with a failed request ends the round."""
         si = self.cfg.self_instruct
         out = _Outcome()
         plans = []
@@ -262,76 +238,76 @@ class _Generator:
             ex += rng.sample(self.machine, n_machine)
             rng.shuffle(ex)
             plans.append(ex)
-        gen = await asyncio.gather(
-            *(
-                self.ask(
-                    "instructions", P.SI_INSTRUCTIONS, P.instructions_prompt(ex, si.instructions_per_request, self.chat)
-                )
+        gen = await self._stage(
+            out,
+            [
+                ("instructions", P.SI_INSTRUCTIONS, P.instructions_prompt(ex, si.instructions_per_request, self.chat))
                 for ex in plans
-            )
+            ],
         )
+        if out.failed:
+            return out
         new: list[tuple[str, _Call]] = []
-        out.requested = len(gen)
         for ex, call in zip(plans, gen, strict=True):
-            found = self._parse(rnd, out, [call], partial(P.parse_instructions, first=len(ex) + 1))
-            if found is None:
-                continue
-            new += [(t, call) for t in found[: si.instructions_per_request]]
+            parsed = self._parse(call, partial(P.parse_instructions, first=len(ex) + 1))
+            out.rejected += [self._drop(rnd, [call], d) for d in parsed.dropped]
+            out.rejected += self._over(
+                rnd, [call], [(t, "", "") for t in parsed.items], si.instructions_per_request, "instructions"
+            )
+            new += [(t, call) for t in parsed.items[: si.instructions_per_request]]
         verdicts = self.filter.filter_instructions([t for t, _ in new])
         survivors = []
         for (text, call), rej in zip(new, verdicts, strict=True):
             if rej is None:
                 survivors.append((text, call))
             else:
-                out.rejected.append(
-                    {
-                        **rej.to_json(),
-                        "input": "",
-                        "output": "",
-                        "provenance": self.provenance(rnd, [call], self.params),
-                    }
-                )
+                row = {**rej.to_json(), "input": "", "output": "", "provenance": self.provenance(rnd, [call])}
+                out.rejected.append(row)
         cls_examples = self._classify_examples(rng)
-        classify = await asyncio.gather(
-            *(
-                self.ask(
-                    "classify",
-                    P.SI_CLASSIFY,
-                    P.classify_prompt(cls_examples, t, self.chat),
-                    max_tokens=3,
-                    temperature=0.0,
-                    stop=None if self.chat else ["\n"],
-                )
-                for t, _ in survivors
-            )
+        classify = await self._stage(
+            out,
+            [("classify", P.SI_CLASSIFY, P.classify_prompt(cls_examples, t, self.chat)) for t, _ in survivors],
+            max_tokens=3,
+            temperature=0.0,
         )
+        if out.failed:
+            return out
         is_cls = [c.response is not None and P.parse_classify(c.response.text) is True for c in classify]
-        inst_calls = await asyncio.gather(
-            *(
-                self.ask(
+        inst_calls = await self._stage(
+            out,
+            [
+                (
                     "instances",
                     P.SI_OUTPUT_FIRST if c else P.SI_INPUT_FIRST,
                     P.instances_prompt(self._instance_examples(rng, c), t, c, si.max_instances, self.chat),
-                    stop=None if self.chat else ["\nTask:"],
                 )
                 for (t, _), c in zip(survivors, is_cls, strict=True)
-            )
+            ],
         )
-        out.requested += len(inst_calls)
+        if out.failed:
+            return out
         candidates = []
         for (text, gen_call), cls_call, inst_call, c in zip(survivors, classify, inst_calls, is_cls, strict=True):
             calls = [gen_call, cls_call, inst_call]
-            pairs = self._parse(rnd, out, calls, partial(P.parse_instances, output_first=c), instruction=text)
-            if pairs is None:
-                continue
-            prov = {**self.provenance(rnd, calls, self.params), "is_classification": c}
+            parsed = self._parse(inst_call, partial(P.parse_instances, output_first=c))
+            out.rejected += [self._drop(rnd, calls, d, instruction=text) for d in parsed.dropped]
+            out.rejected += self._over(rnd, calls, [(text, *p) for p in parsed.items], si.max_instances, "instances")
+            prov = {**self.provenance(rnd, calls), "is_classification": c}
             candidates += [
-                {"instruction": text, "input": i, "output": o, "provenance": prov} for i, o in pairs[: si.max_instances]
+                {"instruction": text, "input": i, "output": o, "provenance": prov}
+                for i, o in parsed.items[: si.max_instances]
             ]
         # Instructions passed the ROUGE-L check above; instance checks (empty, duplicate, conflict) run here.
         result = self.filter.filter(candidates)
         out.kept, out.rejected = result.kept, out.rejected + [rej.to_json() for rej in result.rejected]
         return out
+
+    async def _stage(self, out: _Outcome, asks: list[tuple[str, str, P.Prompt]], **params: Any) -> list[_Call]:
+        """Send one stage's requests together; failed ones are noted in `out`."""
+        calls = await asyncio.gather(*(self.ask(stage, pid, prompt, **params) for stage, pid, prompt in asks))
+        out.requested += len(calls)
+        out.failed += [c for c in calls if c.response is None]
+        return calls
 
     def _classify_examples(self, rng: random.Random) -> list[SeedTask]:
         k = self.cfg.self_instruct.classify_examples
@@ -350,6 +326,7 @@ def _fingerprint(cfg: DatagenConfig, seeds_path: Path) -> dict[str, Any]:
     data = cfg.model_dump(mode="json", exclude=_RESUMABLE_KEYS)
     data["teacher"] = {k: v for k, v in data["teacher"].items() if k not in _TEACHER_RESUMABLE}
     data["seeds"] = hashlib.sha256(seeds_path.read_bytes()).hexdigest()
+    data["prompts"] = list(P.PROMPT_IDS)
     return data
 
 
@@ -365,8 +342,14 @@ def _committed(path: Path, rounds: set[int]) -> list[dict[str, Any]]:
     return keep
 
 
-def run(cfg: DatagenConfig) -> RunResult:
-    """Generate (or resume generating) until `num_records` records are kept or `max_rounds` rounds are done."""
+def run(cfg: DatagenConfig, *, on_progress: ProgressCallback | None = None) -> DatagenResult:
+    """Generate (or resume generating) until `num_records` records are kept or `max_rounds` rounds are done.
+
+    Raises `RoundFailed` (a `HuarizoError`) when some teacher requests of a round failed after all their retries:
+    the rounds before it stay committed, and rerunning the same config replays that round, retrying only those
+    requests. `on_progress` is called as `(kept, num_records, detail)` while the run goes on.
+    """
+    start = time.monotonic()
     out_dir = cfg.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds_path = cfg.seeds or default_seeds()
@@ -375,44 +358,38 @@ def run(cfg: DatagenConfig) -> RunResult:
     fingerprint = _fingerprint(cfg, seeds_path)
     if fp_path.exists() and json.loads(fp_path.read_text()) != fingerprint:
         raise HuarizoError(
-            f"{out_dir}: holds a run made with different settings (teacher, sampling, pipeline, filter or seeds); "
-            "use another output_dir to start a new run"
+            f"{out_dir}: holds a run made with different settings (teacher, sampling, pipeline, filter, seeds or "
+            "prompts); use another output_dir to start a new run"
         )
-    _write_json(fp_path, fingerprint)
-    (out_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-
-    journal_path = out_dir / "rounds.jsonl"
-    journal = JsonlAppender(journal_path)
-    done = journal.existing()
+    with JsonlAppender(out_dir / "rounds.jsonl") as journal:
+        done = journal.existing()
     rounds = {j["round"] for j in done if j["round"] is not None}
+    next_round = max(rounds, default=-1) + 1
     kept_rows = _committed(out_dir / "records.jsonl", rounds)
     _committed(out_dir / "rejects.jsonl", rounds)
+    if len(kept_rows) >= cfg.num_records or next_round >= cfg.max_rounds:  # finished: no teacher needed
+        return _summary(out_dir, done, [], time.monotonic() - start)
+    client = cfg.teacher.client(cfg.teacher.mode, cache_dir=str(out_dir / "cache"))
+    _write_json(fp_path, fingerprint)
+    (out_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    journal = JsonlAppender(out_dir / "rounds.jsonl")
 
-    t = cfg.teacher
-    client = LLMClient(
-        t.model,
-        api_base=t.api_base,
-        api_key=os.environ.get(t.api_key_env) if t.api_key_env else None,
-        mode=t.mode,
-        concurrency=t.concurrency,
-        max_retries=t.max_retries,
-        timeout=t.timeout,
-        backoff_base=t.backoff_base,
-        cache_dir=cfg.cache_dir or out_dir / "cache",
-    )
-    progress = _Progress(cfg, done, len(kept_rows))
-    gen = _Generator(cfg, client, seeds, progress.update_requests)
+    progress = _Progress(cfg, done, len(kept_rows), on_progress)
+    gen = _Generator(cfg, client, seeds, progress.request_done)
     for line in done:  # the ROUGE-L pool exactly as the finished rounds left it
         for ins in line.get("pool", []):
             gen.filter.add_to_pool(ins)
     for rec in kept_rows:
         gen.restore(rec)
     try:
-        asyncio.run(_rounds(cfg, gen, client, done, len(kept_rows), max(rounds, default=-1) + 1, journal, progress))
+        failed = asyncio.run(_rounds(cfg, gen, client, done, len(kept_rows), next_round, journal, progress))
     finally:
         journal.close()
         progress.close()
-    return _summary(out_dir, done)
+    result = _summary(out_dir, done, failed, time.monotonic() - start)
+    if failed:
+        raise RoundFailed(_failure_message(cfg, failed, done[-1]["requested"]), result)
+    return result
 
 
 async def _rounds(
@@ -424,33 +401,52 @@ async def _rounds(
     rnd: int,
     journal: JsonlAppender,
     progress: _Progress,
-) -> None:
+) -> list[FailedRequest]:
+    """Run rounds until done; the failed requests of the round that stopped the run (empty when none)."""
     out_dir = cfg.output_dir
+    failed: list[FailedRequest] = []
     with JsonlAppender(out_dir / "records.jsonl") as records, JsonlAppender(out_dir / "rejects.jsonl") as rejects:
         while kept_total < cfg.num_records and rnd < cfg.max_rounds:
             before = _usage_snapshot(client)
             pool_before = len(gen.filter.added)
             if cfg.pipeline == "alpaca":
-                per_round = kept_total / len(done) if done else cfg.num_records
+                rounds_done = sum(d["round"] is not None for d in done)
+                per_round = kept_total / rounds_done if rounds_done else cfg.num_records
                 outcome = await gen.alpaca_round(rnd, prefetch=kept_total + 2 * per_round < cfg.num_records)
             else:
                 outcome = await gen.self_instruct_round(rnd, random.Random(f"{cfg.seed}:{rnd}"))
-            if outcome.failed and outcome.failed >= outcome.requested:
-                raise HuarizoError(
-                    f"round {rnd}: every request to {cfg.teacher.model} failed ({outcome.error}); nothing was lost: "
-                    "rerun the same command to resume (replies so far are cached)"
-                )
-            kept = [AlpacaRecord.model_validate(r).to_json() for r in outcome.kept][: cfg.num_records - kept_total]
+            if outcome.failed:  # not committed: the rerun replays this round and retries what failed
+                failed = [FailedRequest(round=rnd, stage=c.stage, prompt_id=c.prompt_id, request_hash=c.request_hash,
+                                        error=c.error) for c in outcome.failed]  # fmt: skip
+                await _drain(gen)
+                line = {
+                    "round": None,
+                    "incomplete": rnd,
+                    "requested": outcome.requested,
+                    "failed": len(failed),
+                    **_usage_delta(before, _usage_snapshot(client)),
+                    "failed_requests": [f.model_dump() for f in failed],
+                }
+                journal.append([line])
+                done.append(line)
+                break
+            accepted = [AlpacaRecord.model_validate(r).to_json() for r in outcome.kept]
+            room = cfg.num_records - kept_total
+            kept = accepted[:room]
+            surplus = [
+                {**r, "reason": "surplus", "detail": f"kept by the filter beyond num_records={cfg.num_records}"}
+                for r in accepted[room:]
+            ]
+            rejected = outcome.rejected + surplus
             records.append(kept)
-            rejects.append(outcome.rejected)
+            rejects.append(rejected)
             for rec in kept:
                 gen.restore(rec)
             kept_total += len(kept)
             line = {
                 "round": rnd,
                 "kept": len(kept),
-                "rejected": len(outcome.rejected),
-                "failed": outcome.failed,
+                "rejected": len(rejected),
                 **_usage_delta(before, _usage_snapshot(client)),
                 "pool": gen.filter.added[pool_before:],
             }
@@ -458,14 +454,38 @@ async def _rounds(
             done.append(line)
             progress.round_done(line)
             rnd += 1
-    if gen._prefetched:  # requests sent ahead for a round that was not needed: their replies stay in the cache
+    if gen.prefetched:  # requests sent ahead for a round that was not needed: their replies stay in the cache
         before = _usage_snapshot(client)
-        for _, pending in gen._prefetched.values():
-            await pending
+        await _drain(gen)
         line = {"round": None, "prefetched": True, **_usage_delta(before, _usage_snapshot(client))}
         journal.append([line])
         done.append(line)
     await client.aclose()
+    return failed
+
+
+async def _drain(gen: _Generator) -> None:
+    """Wait for the requests sent ahead (their replies are cached, so nothing paid for is lost)."""
+    for _, pending in gen.prefetched.values():
+        await pending
+    gen.prefetched.clear()
+
+
+def _failure_message(cfg: DatagenConfig, failed: list[FailedRequest], requested: int) -> str:
+    f = failed[0]
+    error = " ".join(f.error.split())
+    error = error if len(error) <= 200 else error[:200] + "..."
+    which = ", ".join(f"{r.stage} {r.request_hash[:12]}" for r in failed[:5])
+    which += f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+    what = (
+        f"every request to {cfg.teacher.model} failed"
+        if len(failed) >= requested
+        else f"{len(failed)} of {requested} requests to {cfg.teacher.model} failed"
+    )
+    return (
+        f"round {f.round}: {what} for good ({which}; first error: {error}); the round "
+        "was not committed and nothing is lost: rerun the same command to retry them (replies so far are cached)"
+    )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -484,6 +504,7 @@ def _usage_snapshot(client: LLMClient) -> dict[str, Any]:
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "cost": u.cost,
+        "unpriced": u.unpriced,
     }
 
 
@@ -491,7 +512,7 @@ def _usage_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {k: b[k] - a[k] for k in a}
 
 
-def _summary(out_dir: Path, done: list[dict[str, Any]]) -> RunResult:
+def _summary(out_dir: Path, done: list[dict[str, Any]], failed: list[FailedRequest], seconds: float) -> DatagenResult:
     reasons: dict[str, int] = {}
     rej_path = out_dir / "rejects.jsonl"
     if rej_path.exists():
@@ -499,30 +520,47 @@ def _summary(out_dir: Path, done: list[dict[str, Any]]) -> RunResult:
             if line.strip():
                 reason = json.loads(line).get("reason", "?")
                 reasons[reason] = reasons.get(reason, 0) + 1
-    total = {
-        k: sum(d.get(k, 0) for d in done)
-        for k in ("kept", "rejected", "failed", "requests", "cached", "prompt_tokens", "completion_tokens", "cost")
+    keys = ("kept", "rejected", "requests", "cached", "retries", "prompt_tokens", "completion_tokens", "unpriced")
+    total = {k: sum(d.get(k, 0) for d in done) for k in keys}
+    counts = {
+        "generated": total["kept"] + total["rejected"],
+        "kept": total["kept"],
+        "rejected": total["rejected"],
+        "rounds": sum(d["round"] is not None for d in done),
+        "requests": total["requests"],
+        "cached": total["cached"],
+        "retries": total["retries"],
+        "failed": len(failed),
     }
-    return RunResult(
-        out_dir,
-        total["kept"],
-        total["rejected"],
-        sum(d["round"] is not None for d in done),
-        total["requests"],
-        total["cached"],
-        total["failed"],
-        total["prompt_tokens"],
-        total["completion_tokens"],
-        float(total["cost"]),
-        reasons,
+    names = {"records": "records.jsonl", "rejects": "rejects.jsonl", "rounds": "rounds.jsonl", "config": "config.yaml"}
+    return DatagenResult(
+        outputs={k: out_dir / v for k, v in names.items()},
+        counts=counts,
+        prompt_tokens=total["prompt_tokens"],
+        completion_tokens=total["completion_tokens"],
+        cost=None if total["unpriced"] else float(sum(d.get("cost", 0.0) for d in done)),
+        seconds=seconds,
+        output_dir=out_dir,
+        kept=counts["kept"],
+        rejected=counts["rejected"],
+        generated=counts["generated"],
+        rounds=counts["rounds"],
+        requests=counts["requests"],
+        cached=counts["cached"],
+        retries=counts["retries"],
+        failed=counts["failed"],
+        reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        failed_requests=failed,
     )
 
 
 class _Progress:
-    """A rich progress bar: requests, kept vs rejected, cost so far."""
+    """Progress of a run: a rich bar (`progress: true`) and/or the caller's `on_progress`."""
 
-    def __init__(self, cfg: DatagenConfig, done: list[dict[str, Any]], kept: int) -> None:
-        self.kept = kept
+    def __init__(
+        self, cfg: DatagenConfig, done: list[dict[str, Any]], kept: int, callback: ProgressCallback | None
+    ) -> None:
+        self.target, self.kept, self.callback = cfg.num_records, kept, callback
         self.rejected = sum(d.get("rejected", 0) for d in done)
         self.cost = sum(d.get("cost", 0.0) for d in done)
         self.requests = 0
@@ -545,17 +583,21 @@ class _Progress:
     def _info(self) -> str:
         return f"kept {self.kept}  rejected {self.rejected}  requests {self.requests}  cost ${self.cost:.4f}"
 
-    def update_requests(self) -> None:
+    def request_done(self) -> None:
         self.requests += 1
-        if self.bar is not None:
-            self.bar.update(self.task, info=self._info())
+        self._show()
 
     def round_done(self, line: dict[str, Any]) -> None:
         self.kept += line["kept"]
         self.rejected += line["rejected"]
         self.cost += line["cost"]
+        self._show()
+
+    def _show(self) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=self.kept, info=self._info())
+        if self.callback is not None:
+            self.callback(self.kept, self.target, self._info())
 
     def close(self) -> None:
         if self.bar is not None:

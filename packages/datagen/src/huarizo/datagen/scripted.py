@@ -2,8 +2,9 @@
 
 `scripted_teacher(request)` reads a chat or completion request made by `huarizo.datagen.prompts` and answers it in
 the expected layout: a numbered batch of tasks, a list of new instructions, a Yes/No classification, or examples.
-Replies are a deterministic function of the prompt. Used with `huarizo.formats.testing.ScriptedServer` in tests,
-benchmarks and offline demos (`huarizo datagen run ... --set teacher.api_base=<server url>`).
+Replies are a deterministic function of the prompt, cut at the request's stop strings. Used with
+`huarizo.formats.testing.ScriptedServer` in tests, benchmarks and offline demos (`huarizo datagen run ...
+--set teacher.api_base=<server url>`).
 """
 
 from __future__ import annotations
@@ -133,7 +134,15 @@ def _output(rng: random.Random) -> str:
 
 
 def scripted_teacher(request: dict[str, Any]) -> str:
-    """A plausible reply to a datagen prompt (see the module docstring)."""
+    """A plausible reply to a datagen prompt (see the module docstring), cut at the request's first stop string as
+    a server would cut it."""
+    reply = _reply(request)
+    stops = request.get("stop") or []
+    cuts = [reply.find(s) for s in ([stops] if isinstance(stops, str) else stops) if s in reply]
+    return reply[: min(cuts)] if cuts else reply
+
+
+def _reply(request: dict[str, Any]) -> str:
     prompt = prompt_text(request)
     chat = "messages" in request
     rng = _rng(prompt)

@@ -14,6 +14,7 @@ import hashlib
 import html
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from typing import Any
 
 from pydantic import Field
 
-from huarizo.formats import HuarizoConfig, HuarizoError, JsonlAppender, ShareGPTConversation, write_records
+from huarizo.datagen.config import CleanConfig
+from huarizo.formats import HuarizoError, JsonlAppender, ShareGPTConversation, StageResult, write_records
 from huarizo.formats.io import RawRecord, iter_raw
 
 ROLES = {
@@ -41,17 +43,6 @@ _PRE = re.compile(r"<pre[^>]*>(.*?)</pre>", re.S | re.I)
 _CODE = re.compile(r"<code([^>]*)>(.*?)</code>", re.S | re.I)
 _LANG = re.compile(r"language-([\w+#.-]+)")
 _TAG = re.compile(r"<[^>]+>")
-
-
-class CleanConfig(HuarizoConfig):
-    """Settings of `huarizo clean-sharegpt`."""
-
-    max_length: int = Field(default=2048, ge=16, description="token budget per conversation part")
-    tokenizer: str | None = Field(
-        default=None, description="HF tokenizer folder; without one, lengths are counted in words"
-    )
-    lang: str | None = Field(default=None, description="keep only conversations in this language (ISO 639-1, e.g. en)")
-    min_pairs: int = Field(default=1, ge=1, description="drop conversations with fewer human+gpt pairs")
 
 
 def html_to_markdown(text: str) -> str:
@@ -203,8 +194,20 @@ def clean_conversations(records: Iterable[dict[str, Any]], cfg: CleanConfig | No
     return result
 
 
-def clean_file(src: str | Path, dst: str | Path, cfg: CleanConfig | None = None) -> CleanResult:
+class CleanFileResult(StageResult):
+    """What `clean_file` did. `counts`: `conversations` (read), `kept` (conversations kept), `parts` (written,
+    after splitting), `split`, `rejected`; `reasons`: dropped conversations per reason."""
+
+    kept: int = 0
+    parts: int = 0
+    split: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = Field(default_factory=dict, description="dropped conversations per reason")
+
+
+def clean_file(src: str | Path, dst: str | Path, cfg: CleanConfig | None = None) -> CleanFileResult:
     """Clean a ShareGPT JSON/JSONL file into `dst`; dropped ids and reasons go to `DST.rejects.jsonl`."""
+    start = time.monotonic()
     raws = []
     for item in iter_raw(src):
         if not isinstance(item, RawRecord):
@@ -218,4 +221,19 @@ def clean_file(src: str | Path, dst: str | Path, cfg: CleanConfig | None = None)
     rej.unlink(missing_ok=True)
     with JsonlAppender(rej) as app:
         app.append(result.rejected)
-    return result
+    kept = len(raws) - len(result.rejected)
+    counts = {"conversations": len(raws), "kept": kept, "parts": len(result.kept), "split": result.split,
+              "rejected": len(result.rejected)}  # fmt: skip
+    return CleanFileResult(
+        outputs={"conversations": Path(dst), "rejects": rej},
+        counts=counts,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost=0.0,
+        seconds=time.monotonic() - start,
+        kept=kept,
+        parts=len(result.kept),
+        split=result.split,
+        rejected=len(result.rejected),
+        reasons=dict(result.counts.most_common()),
+    )
