@@ -172,3 +172,76 @@ def test_another_model_under_the_same_name_is_not_answered_from_the_cache(tmp_pa
         assert _client(server, tmp_path).complete("q").cached
     down = _client(server, tmp_path, max_retries=0).complete("q")
     assert down.cached and down.text == "from model B"
+
+
+def test_a_server_without_fingerprints_on_another_port_is_asked_again(tmp_path: Path) -> None:
+    """Two servers serving different models under one name, neither reporting a fingerprint (a stock vLLM, a stub):
+    the second is asked itself, never answered from what the first one said."""
+    with ScriptedServer(lambda req: "from the first") as first:
+        assert _client(first, tmp_path).complete("q").text == "from the first"
+        assert _client(first, tmp_path).complete("q").cached  # the same endpoint: the cache answers
+    with ScriptedServer(lambda req: "from the second") as second:
+        resp = _client(second, tmp_path).complete("q")
+        assert not resp.cached and resp.text == "from the second" and len(second.requests) == 1
+
+
+def test_logprobs_in_openai_chat_shape_through_litellm(tmp_path: Path) -> None:
+    import math
+
+    top = {"A": math.log(0.6), " B": math.log(0.3), "C": math.log(0.05), "x": math.log(0.01)}
+    with ScriptedServer(lambda req: Reply("[[A]]", logprobs=[{"[[": -0.01, "[": -5.0}, top])) as server:
+        resp = _client(server, tmp_path).complete("which?", max_tokens=4, top_logprobs=3)
+        plain = _client(server).complete("which?", max_tokens=4)
+        body = server.requests[0]
+    assert body["logprobs"] is True and body["top_logprobs"] == 3
+    assert plain.logprobs is None and "logprobs" not in server.requests[1]
+    assert resp.logprobs is not None and [t.token for t in resp.logprobs] == ["[[", "A"]
+    second = resp.logprobs[1]
+    assert second.logprob == pytest.approx(math.log(0.6))
+    assert [tok for tok, _ in second.top] == ["A", " B", "C"]  # the three most likely, in order
+    again = _client(server, tmp_path).complete("which?", max_tokens=4, top_logprobs=3)
+    assert again.cached and again.logprobs == resp.logprobs
+
+
+def test_logprobs_in_openai_completion_shape_through_litellm() -> None:
+    import math
+
+    with ScriptedServer(
+        lambda req: Reply("7]]", logprobs=[{"7": math.log(0.5), "8": math.log(0.4)}, {"]]": -0.1}])
+    ) as s:
+        resp = _client(s, mode="completion").complete("Rating: [[", max_tokens=2, top_logprobs=5)
+        body = s.requests[0]
+    assert body["logprobs"] == 5 and "top_logprobs" not in body
+    assert resp.logprobs is not None and [t.token for t in resp.logprobs] == ["7", "]]"]
+    assert dict(resp.logprobs[0].top) == pytest.approx({"7": math.log(0.5), "8": math.log(0.4)})
+
+
+def test_a_server_that_ignores_logprobs_gives_none() -> None:
+    with ScriptedServer(lambda req: "[[B]]") as server:
+        resp = _client(server).complete("which?", top_logprobs=5)
+    assert resp.text == "[[B]]" and resp.logprobs is None
+
+
+def test_corrupt_foreign_and_old_cache_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Garbage, valid JSON with the wrong fields, and another request's entry are ignored with a warning and asked
+    again; an entry written before responses carried logprobs still loads."""
+    import json
+
+    with ScriptedServer(lambda req: f"ok: {prompt_text(req)}") as server:
+        client = _client(server, tmp_path)
+        hashes = {q: client.complete(q).request_hash for q in ("a", "b", "c", "d")}
+        paths = {q: tmp_path / h[:2] / f"{h}.json" for q, h in hashes.items()}
+        paths["a"].write_text("{not json")
+        paths["b"].write_text(json.dumps({"response": {"text": "x", "colour": "red"}, "fingerprint": None}))
+        paths["c"].write_text(paths["d"].read_text())  # d's entry filed under c's hash
+        old = json.loads(paths["d"].read_text())
+        del old["response"]["logprobs"]
+        paths["d"].write_text(json.dumps(old))
+        fresh = _client(server, tmp_path)
+        with caplog.at_level("WARNING", logger="huarizo.formats.llm"):
+            got = {q: fresh.complete(q) for q in ("a", "b", "c", "d")}
+    assert [q for q, r in got.items() if r.cached] == ["d"] and got["d"].text == "ok: d"
+    assert all(got[q].text == f"ok: {q}" for q in "abc") and fresh.usage.cache_ignored == 3
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 3 and all("ignoring the cache entry" in w for w in warned)
+    assert any("another request" in w for w in warned)

@@ -27,28 +27,31 @@ def test_multi_turn_answered_turn_by_turn_and_cached(tmp_path, shared_data) -> N
     out = tmp_path / "answers.jsonl"
     with ScriptedServer(echo) as server:
         cfg = AnswerConfig(
-            model="openai/tiny",
-            api_base=server.url,
-            api_key="x",
+            endpoint={"model": "openai/tiny", "api_base": server.url, "cache_dir": str(tmp_path / "cache")},
             questions=str(qs_path),
             out=str(out),
-            cache_dir=str(tmp_path / "cache"),
             limit=10,
             model_id="tiny",
         )
-        usage = answer(cfg, progress=False)
-        assert usage.requests == 20 and len(server.requests) == 20
+        result = answer(cfg, progress=False)
+        assert result.counts["asked"] == 20 and len(server.requests) == 20
         second = [r for r in server.requests if len(r["messages"]) == 3]
         assert len(second) == 10 and all(r["messages"][1]["content"].startswith("answer 1 to") for r in second)
+        # a fresh output from the same requests costs nothing: the cache answers
+        result = answer(cfg.model_copy(update={"out": str(tmp_path / "again.jsonl")}), progress=False)
+        assert len(server.requests) == 20 and result.counts == {
+            "questions": 10,
+            "answered": 10,
+            "kept": 0,
+            "replaced": 0,
+            "failed": 0,
+            "asked": 0,
+            "cached": 20,
+        }
+    assert (tmp_path / "again.jsonl").read_text().count("\n") == 10
     qs = load_questions(qs_path)
     got = load_answers(out, qs)["tiny"]
     assert len(got) == 10 and got["81"].turns[1].startswith("answer 2 to: Rewrite your previous")
-    # a fresh output from the same requests costs nothing: the cache answers
-    with ScriptedServer(echo) as server:
-        cfg2 = cfg.model_copy(update={"out": str(tmp_path / "again.jsonl"), "api_base": server.url})
-        usage = answer(cfg2, progress=False)
-        assert server.requests == [] and usage.cached == 20
-    assert (tmp_path / "again.jsonl").read_text().count("\n") == 10
 
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
@@ -60,10 +63,8 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, vicuna) -> No
         "from huarizo.formats.cli import main; raise SystemExit(main())",
         "judge",
         "answer",
-        "--model",
+        "--endpoint-model",
         "openai/tiny",
-        "--api-key",
-        "x",
         "--questions",
         str(vicuna["questions"]),
         "--out",
@@ -110,12 +111,9 @@ def test_template_sends_plain_prompts_for_base_models(tmp_path, vicuna) -> None:
 
     with ScriptedServer(lambda req: " A plain answer.") as server:
         cfg = AnswerConfig(
-            model="openai/base",
-            api_base=server.url,
-            api_key="x",
+            endpoint={"model": "openai/base", "api_base": server.url, "cache_dir": str(tmp_path / "cache")},
             questions=str(vicuna["questions"]),
             out=str(tmp_path / "a.jsonl"),
-            cache_dir=str(tmp_path / "cache"),
             limit=2,
             template="alpaca",
         )
@@ -130,8 +128,8 @@ def test_template_sends_plain_prompts_for_base_models(tmp_path, vicuna) -> None:
 def test_failed_questions_are_reported_and_answered_on_rerun(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
     import pytest
 
-    from huarizo.formats.errors import HuarizoError
     from huarizo.formats.testing import Reply
+    from huarizo.judge import JudgeIncomplete
 
     broken = {"on": True}
 
@@ -143,18 +141,40 @@ def test_failed_questions_are_reported_and_answered_on_rerun(tmp_path, vicuna) -
     out = tmp_path / "a.jsonl"
     with ScriptedServer(flaky) as server:
         cfg = AnswerConfig(
-            model="openai/m",
-            api_base=server.url,
-            api_key="x",
+            endpoint={"model": "openai/m", "api_base": server.url, "cache_dir": str(tmp_path / "cache")},
             questions=str(vicuna["questions"]),
             out=str(out),
-            cache_dir=str(tmp_path / "cache"),
             limit=6,
         )
-        with pytest.raises(HuarizoError, match=r"1 questions failed \(rerun to retry them"):
+        with pytest.raises(JudgeIncomplete, match=r"1 questions failed \(rerun to retry them") as failed:
             answer(cfg, progress=False)
+        assert failed.value.result.counts["failed"] == 1 and failed.value.result.counts["answered"] == 5  # type: ignore[attr-defined]
         assert sorted(json.loads(line)["question_id"] for line in out.open()) == ["1", "2", "4", "5", "6"]
         broken["on"] = False
-        usage = answer(cfg, progress=False)
-        assert usage.requests == 1  # only the failed question is asked again
+        result = answer(cfg, progress=False)
+        assert result.counts["asked"] == 1 and result.counts["kept"] == 5  # only the failed question is asked again
     assert sorted(json.loads(line)["question_id"] for line in out.open()) == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_answers_of_a_retrained_model_under_the_same_name_are_asked_again(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
+    """`huarizo serve` reports a fingerprint of its model: after a retrain served under the old name, the rerun
+    answers every question again and moves the old answers aside instead of grading them."""
+    out = tmp_path / "answers.jsonl"
+    with ScriptedServer(lambda req: "old model", model="m", fingerprint="fp-old") as server:
+        cfg = AnswerConfig(
+            endpoint={"model": "openai/m", "api_base": server.url, "cache_dir": str(tmp_path / "cache")},
+            questions=str(vicuna["questions"]),
+            out=str(out),
+            limit=3,
+        )
+        assert answer(cfg, progress=False).counts["answered"] == 3
+        assert answer(cfg, progress=False).counts["kept"] == 3 and len(server.requests) == 3
+        server.fingerprint, server.script = "fp-new", lambda req: "new model"  # retrained, same name
+        result = answer(cfg, progress=False)
+    assert result.fingerprint == "fp-new"
+    assert (result.counts["answered"], result.counts["kept"], result.counts["replaced"]) == (3, 0, 3)
+    rows = [json.loads(line) for line in out.open()]
+    assert [r["choices"][0]["turns"][0] for r in rows] == ["new model"] * 3
+    assert {r["fingerprint"] for r in rows} == {"fp-new"}
+    aside = [json.loads(line) for line in (tmp_path / "answers.fp-old.jsonl").open()]
+    assert [r["choices"][0]["turns"][0] for r in aside] == ["old model"] * 3  # nothing lost

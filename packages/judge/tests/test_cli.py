@@ -68,13 +68,15 @@ def test_grade_from_yaml_with_set_override(tmp_path, vicuna) -> None:  # type: i
         cfg = tmp_path / "grade.yaml"
         cfg.write_text(
             f"mode: single\nquestions: {vicuna['questions']}\nanswers:\n  - {vicuna['answer']('llama-13b')}\n"
-            f"judge: openai/judge\napi_base: {server.url}\napi_key: x\nout: {tmp_path / 'out'}\n"
-            f"cache_dir: {tmp_path / 'cache'}\n"
+            f"judge:\n  model: openai/judge\n  api_base: {server.url}\n  cache_dir: {tmp_path / 'cache'}\n"
+            f"verdict: text\nlimit: 3\nout: {tmp_path / 'out'}\n"
         )
-        assert main(["judge", "grade", str(cfg), "--set", "limit=5"]) == 0
+        # file < --set < flags: the flag wins over --set, which wins over the file
+        assert main(["judge", "grade", str(cfg), "--set", "limit=4", "--limit", "5", "--set", "plots=false"]) == 0
         assert len(server.requests) == 5
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["models"]["llama-13b:v1"]["mean"] == 6.0
+    assert not list((tmp_path / "out").glob("*.png"))  # --set plots=false
 
 
 def test_bad_config_is_an_error_without_traceback(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

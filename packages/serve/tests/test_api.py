@@ -212,8 +212,8 @@ def test_invalid_bodies_get_400(server: RunningServer) -> None:
     big = {"messages": [{"role": "user", "content": "x" * 2_000_000}]}
     r = httpx.post(url, json=big)
     assert r.status_code == 400 and "limit" in r.json()["error"]["message"]
-    r = httpx.post(f"{server.base_url}/completions", json={"prompt": "hi", "echo": True})
-    assert r.status_code == 400
+    r = httpx.post(f"{server.base_url}/completions", json={"prompt": "hi", "best_of": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
     r = httpx.post(f"{server.base_url}/completions", json={"prompt": [1, 2, 10**9], "max_tokens": 2})
     assert r.status_code == 400 and "token ids" in r.json()["error"]["message"]
     ok = httpx.post(f"{server.base_url}/completions", json={"prompt": [1, 20, 30], "max_tokens": 2, "top_p": None})
@@ -273,3 +273,14 @@ def test_metrics(server: RunningServer) -> None:
     assert 'huarizo_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
     assert "huarizo_completion_tokens_total" in text and "huarizo_queue_depth" in text
     assert "huarizo_request_latency_seconds_bucket" in text
+
+
+def test_stop_strings_are_bounded(server: RunningServer) -> None:
+    """lm-eval's whole `until` list is fine; thousands of stop strings (each checked at every token) are refused."""
+    url = f"{server.base_url}/completions"
+    ok = httpx.post(url, json={"prompt": "Hi", "max_tokens": 2, "stop": [f"stop {k}" for k in range(100)]})
+    assert ok.status_code == 200, ok.text
+    for stop in ([f"s{k}" for k in range(3800)], ["x" * 5000]):
+        r = httpx.post(url, json={"prompt": "Hi", "max_tokens": 2, "stop": stop})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stop", r.text
+        assert r.json()["error"]["message"].startswith("stop: ")

@@ -18,6 +18,7 @@ from huarizo.formats.schemas import Conversation, Message
 from huarizo.formats.templates import get_template
 from huarizo.serve import Delta, Engine, EngineError, Finished, SamplingParams, ServedModel
 from huarizo.serve.engine import TextTracker, find_stop, stop_holdback
+from huarizo.serve.tokens import TokenText
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0)
 PROMPTS = [
@@ -48,6 +49,8 @@ def test_stop_helpers() -> None:
     assert stop_holdback("the end ###", ["### Instruction:"]) == 3
     assert stop_holdback("the end #", ["### Instruction:", "#x"]) == 1
     assert stop_holdback("the end", ["### Instruction:"]) == 0
+    assert stop_holdback("a\n\n#", ["\n\n### x", "#"]) == 3
+    assert stop_holdback("ab ###", ["###"], start=5) == 1  # only the unsent tail counts
     assert find_stop("ab USER: cd ### x", ["###", "USER:"]) == 3
     assert find_stop("abc", ["x"]) == -1
 
@@ -65,6 +68,64 @@ def test_tracker_cuts_at_a_stop_string_spread_over_tokens(tiny_tokenizer: Any) -
             break
     assert tracker.stopped
     assert "".join(sent) + tracker.flush() == "Sort the numbers. "
+
+
+def _run_tracker(tokenizer: Any, text: str, stops: list[str]) -> tuple[list[str], TextTracker]:
+    tracker = TextTracker(tokenizer, tokenizer.encode("Answer:"), stops)
+    sent = []
+    for token in tokenizer.encode(text, add_special_tokens=False):
+        sent.append(tracker.add(token))
+        if tracker.stopped:
+            break
+    sent.append(tracker.flush())
+    return sent, tracker
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "expected"),
+    [
+        ("Paris\n\nThe capital", ["\n"], "Paris"),  # "\n" inside the added token "\n\n"
+        ("\n\nThe capital of France is Paris.", ["\n"], ""),  # the issue's repro: the first token is "\n\n"
+        ("a   b\n\n\nc", ["\n\n"], "a   b"),  # inside "\n\n\n"
+        ("The    capital", ["  "], "The"),  # a run of spaces inside the added token "    "
+        ("Paris.\n\n### Response:", ["\n###"], "Paris.\n"),  # a stop across added and ordinary tokens
+    ],
+)
+def test_stop_strings_match_inside_added_tokens(
+    newline_tokenizer: Any, text: str, stops: list[str], expected: str
+) -> None:
+    """Gemma-like tokenizers carry newlines and space runs as added tokens: a stop string still stops on its text."""
+    ids = newline_tokenizer.encode(text, add_special_tokens=False)
+    assert set(ids) & set(newline_tokenizer.get_added_vocab().values()), "the text has no added token"
+    sent, tracker = _run_tracker(newline_tokenizer, text, stops)
+    assert tracker.stopped and "".join(sent) == expected
+
+
+def test_stop_prefixes_are_held_back_not_lost(newline_tokenizer: Any) -> None:
+    """A newline that might start `"\\n###"` waits for the next token; text that turns out not to be a stop is sent."""
+    tok = newline_tokenizer
+    tracker = TextTracker(tok, tok.encode("Answer:"), ["\n###"])
+    steps = [
+        (tok.convert_ids_to_tokens(t), tracker.add(t))
+        for t in tok.encode("One\nTwo\n\nThree", add_special_tokens=False)
+    ]
+    assert ("\n", "") in steps, "the newline token was sent before the next token decided it"
+    assert "".join(piece for _, piece in steps) + tracker.flush() == "One\nTwo\n\nThree" and not tracker.stopped
+
+
+def test_stop_strings_split_into_text_and_special_ids(newline_model_dir: Path) -> None:
+    """Every stop string is matched on text; the special ones (never in decoded text) also stop by id."""
+    model, tokenizer = load_causal_lm(newline_model_dir)
+    engine = Engine(model, tokenizer, max_batch_size=1)
+    try:
+        served = ServedModel(engine, tokenizer, get_template("chatml"), "t")
+        params = served.params(chat=False, stop=["\n", "\n\n", "<|im_end|>", "###"])
+        assert params.stop == ("\n", "\n\n", "<|im_end|>", "###")
+        assert params.stop_token_ids == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+        chat = served.params(chat=True)
+        assert tokenizer.eos_token_id in chat.stop_token_ids and tokenizer.eos_token in chat.stop
+    finally:
+        engine.close()
 
 
 def test_tracker_never_sends_half_a_character(tiny_tokenizer: Any) -> None:
@@ -194,24 +255,31 @@ def test_template_stop_strings_end_chat_answers(lm: tuple[Any, Any]) -> None:
 
 @settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None)
 @given(
-    text=st.text(alphabet="ab #:\né", max_size=40),
-    stops=st.lists(st.text(alphabet="ab #:", min_size=1, max_size=4), max_size=3),
+    text=st.text(alphabet="ab #:\n é", max_size=40),
+    stops=st.lists(st.text(alphabet="ab #:\n ", min_size=1, max_size=4), max_size=3),
+    newline=st.booleans(),
 )
-def test_tracker_output_is_the_text_cut_at_the_first_stop(tiny_tokenizer: Any, text: str, stops: list[str]) -> None:
-    """Sent text + flush == the text at the first token where a stop string shows up, cut at that stop."""
-    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+def test_tracker_output_is_the_text_cut_at_the_first_stop(
+    tiny_tokenizer: Any, newline_tokenizer: Any, text: str, stops: list[str], newline: bool
+) -> None:
+    """Sent text + flush == the text at the first token where a stop string shows up, cut at that stop (with the
+    plain tokenizer and with one whose newlines and space runs are added tokens)."""
+    tok = newline_tokenizer if newline else tiny_tokenizer
+    ids = tok.encode(text, add_special_tokens=False)
     expected, stopped = text, False
     for k in range(1, len(ids) + 1):
-        seen = tiny_tokenizer.decode(ids[:k])
+        seen = tok.decode(ids[:k])
         if find_stop(seen, stops) >= 0:
             expected, stopped = seen[: find_stop(seen, stops)], True
             break
-    tracker = TextTracker(tiny_tokenizer, tiny_tokenizer.encode("p"), stops)
+    tracker = TextTracker(tok, tok.encode("p"), stops)
     sent = ""
     for token in ids:
-        sent += tracker.add(token)
+        piece = tracker.add(token)
+        sent += piece
         if tracker.stopped:
             break
+        assert expected.startswith(sent), "text was sent that a stop string later cut off"
     assert sent + tracker.flush() == expected
     assert tracker.stopped == stopped
 
@@ -288,3 +356,14 @@ def test_sliding_window_model_batches_exactly(sliding_lm: tuple[Any, Any]) -> No
         assert len(set(alone)) > 3 and max(engine.stats.batch_sizes) > 2
     finally:
         engine.close()
+
+
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None)
+@given(text=st.lists(st.sampled_from([*"ab \n#é😀ß\t", "<|im_end|>", "\n\n", "    "]), max_size=20).map("".join))
+def test_token_bytes_rebuild_the_decoded_text(tiny_tokenizer: Any, newline_tokenizer: Any, text: str) -> None:
+    """Logprobs' `bytes` of each token, joined, are exactly the decoded text (half characters included)."""
+    for tok in (tiny_tokenizer, newline_tokenizer):
+        tt = TokenText(tok)
+        ids = tok.encode(text)
+        assert b"".join(tt.text_bytes(i) for i in ids) == tok.decode(ids, skip_special_tokens=True).encode()
+        assert all(tt.string(i) == tt.token_bytes(i).decode() for i in ids if "\ufffd" not in tok.decode([i]))

@@ -3,9 +3,13 @@
 Any litellm model string works: hosted APIs, a vLLM or Ollama server, or `huarizo serve` (`openai/<name>` with
 `api_base`). Requests run concurrently under a bound; 429, 5xx, timeouts and connection errors are retried with
 exponential backoff and jitter; every response is cached on disk by a hash of the request, so a rerun never pays
-twice. A server that reports a fingerprint of its model in `/models` (`huarizo serve` does) invalidates the answers
-cached from another model served under the same name, e.g. after retraining; with the server down, the cache still
-answers. Tokens and cost are tracked (unknown models count tokens without cost).
+twice. A cached answer is reused only for the model that gave it: when the server reports a fingerprint of its model
+in `/models` (`huarizo serve` does), only for that fingerprint (so a model retrained and served under the same name is
+asked again); when it reports none (a stock vLLM, a stub), only for the same endpoint (so another server that serves a
+different model under the same name is asked again). With the server down, the cache still answers. A cache entry
+that cannot be read, or that holds another request, is ignored with a warning. Tokens and cost are tracked (unknown
+models count tokens without cost). `top_logprobs=K` asks for the K most likely alternatives of each generated token
+(chat: `logprobs` + `top_logprobs`; completion: `logprobs=K`, as the OpenAI API has them), returned as `TokenLogprob`s.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import tempfile
@@ -31,14 +36,27 @@ os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 Mode = Literal["chat", "completion"]
 
+log = logging.getLogger(__name__)
+
 
 class LLMError(HuarizoError):
     """A request that failed for good (after its retries, or with an error that retrying cannot fix)."""
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token: its text, its log probability, and the most likely alternatives at its position
+    (`(token, logprob)` pairs, most likely first, the token itself among them)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class LLMResponse:
-    """One answer: text, why it stopped, token counts and cost (None when the model's price is unknown)."""
+    """One answer: text, why it stopped, token counts, cost (None when the model's price is unknown) and, when asked
+    for with `top_logprobs` and the server gives them, the log probabilities of the generated tokens."""
 
     text: str
     finish_reason: str | None
@@ -48,6 +66,17 @@ class LLMResponse:
     request_hash: str
     model: str
     cached: bool = False
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LLMResponse:
+        """Rebuild a response from `dataclasses.asdict` output (a cache entry; entries from before `logprobs` load)."""
+        lps = data.get("logprobs")
+        if lps is not None:
+            lps = tuple(
+                TokenLogprob(t["token"], float(t["logprob"]), tuple((a, float(b)) for a, b in t["top"])) for t in lps
+            )
+        return cls(**{**data, "logprobs": lps})
 
 
 @dataclass
@@ -62,6 +91,7 @@ class Usage:
     completion_tokens: int = 0
     cost: float = 0.0
     unpriced: int = 0
+    cache_ignored: int = 0
 
     def add(self, r: LLMResponse) -> None:
         """Count one response."""
@@ -95,6 +125,42 @@ def _fetch_fingerprint(api_base: str, model: str, api_key: str | None) -> str | 
     except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return found[0] if found and isinstance(found[0], str) else None
+
+
+def _get(obj: Any, key: str) -> Any:
+    """A field of a litellm response object or of a plain dict."""
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _chat_logprobs(lp: Any) -> tuple[TokenLogprob, ...] | None:
+    """OpenAI chat shape: `content[i] = {token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}`."""
+    content = _get(lp, "content")
+    if not content:
+        return None
+    return tuple(
+        TokenLogprob(
+            str(_get(t, "token")),
+            float(_get(t, "logprob")),
+            tuple((str(_get(a, "token")), float(_get(a, "logprob"))) for a in _get(t, "top_logprobs") or ()),
+        )
+        for t in content
+    )
+
+
+def _completion_logprobs(lp: Any) -> tuple[TokenLogprob, ...] | None:
+    """OpenAI completions shape: `tokens[i]`, `token_logprobs[i]`, `top_logprobs[i] = {token: logprob}`."""
+    tokens, values = _get(lp, "tokens"), _get(lp, "token_logprobs")
+    if not tokens or values is None:
+        return None
+    tops = _get(lp, "top_logprobs") or [None] * len(tokens)
+    return tuple(
+        TokenLogprob(
+            str(tok),
+            float(value) if value is not None else float("-inf"),
+            tuple(sorted(((str(k), float(v)) for k, v in (top or {}).items()), key=lambda kv: -kv[1])),
+        )
+        for tok, value, top in zip(tokens, values, tops, strict=False)
+    )
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -155,22 +221,34 @@ class LLMClient:
         name = self.model.split("/", 1)[-1]
         return self.model in litellm.model_cost or name in litellm.model_cost
 
+    @property
+    def endpoint(self) -> str | None:
+        """Where requests go: the normalised `api_base`, or None for the provider's own hosted API."""
+        return self.api_base.rstrip("/") if self.api_base else None
+
     def _cache_path(self, h: str) -> Path | None:
         return Path(self.cache_dir) / h[:2] / f"{h}.json" if self.cache_dir else None
 
-    def _read_cache(self, h: str, fingerprint: str | None) -> LLMResponse | None:
-        """The cached answer, unless the server now serves a model other than the one that gave it."""
+    def _read_cache(self, h: str, payload: dict[str, Any], fingerprint: str | None) -> LLMResponse | None:
+        """The cached answer, if it was given by this model: the same fingerprint when the server reports one, else
+        the same endpoint (entries from before endpoints were recorded: only for hosted APIs, which have no
+        api_base). An unreadable entry, or one holding another request, is ignored with a warning."""
         path = self._cache_path(h)
         if path is None or not path.exists():
             return None
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
-            data = entry["response"]
-        except (json.JSONDecodeError, KeyError):
+            if entry["request"] != json.loads(json.dumps({"model": self.model, **payload})):
+                raise ValueError("it holds another request")
+            resp = LLMResponse.from_json({**entry["response"], "cached": True})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.usage.cache_ignored += 1
+            log.warning("ignoring the cache entry %s (asking again): %s: %s", path, type(exc).__name__, exc)
             return None
-        if fingerprint is not None and entry.get("fingerprint") != fingerprint:
-            return None
-        return LLMResponse(**{**data, "cached": True})
+        if fingerprint is not None:
+            return resp if entry.get("fingerprint") == fingerprint else None
+        same = entry["endpoint"] == self.endpoint if "endpoint" in entry else self.endpoint is None
+        return resp if same else None
 
     def _write_cache(self, h: str, payload: dict[str, Any], resp: LLMResponse, fingerprint: str | None) -> None:
         path = self._cache_path(h)
@@ -179,28 +257,47 @@ class LLMClient:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            entry = {"request": {"model": self.model, **payload}, "response": asdict(resp), "fingerprint": fingerprint}
+            entry = {
+                "request": {"model": self.model, **payload},
+                "response": asdict(resp),
+                "fingerprint": fingerprint,
+                "endpoint": self.endpoint,
+            }
             json.dump(entry, fh, ensure_ascii=False)
         os.replace(tmp, path)
 
-    def payload(self, content: str | Sequence[dict[str, str]], **params: Any) -> dict[str, Any]:
-        """The request body that is hashed and sent: messages (chat) or prompt (completion), and parameters."""
+    def payload(
+        self, content: str | Sequence[dict[str, str]], *, top_logprobs: int | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """The request body that is hashed and sent: messages (chat) or prompt (completion), and parameters;
+        `top_logprobs=K` becomes `logprobs: true, top_logprobs: K` (chat) or `logprobs: K` (completion)."""
         key = "prompt" if self.mode == "completion" else "messages"
         if self.mode == "completion" and not isinstance(content, str):
             raise LLMError("completion mode takes a prompt string, not messages")
         if self.mode == "chat" and isinstance(content, str):
             content = [{"role": "user", "content": content}]
+        if top_logprobs is not None:
+            asked = (
+                {"logprobs": top_logprobs}
+                if self.mode == "completion"
+                else {"logprobs": True, "top_logprobs": top_logprobs}
+            )
+            params = {**params, **asked}
         return {
             key: content if isinstance(content, str) else list(content),
             **{k: v for k, v in params.items() if v is not None},
         }
 
-    async def acomplete(self, content: str | Sequence[dict[str, str]], **params: Any) -> LLMResponse:
-        """Send one request (or answer it from the cache). Parameters: temperature, max_tokens, top_p, stop, ..."""
-        payload = self.payload(content, **params)
+    async def acomplete(
+        self, content: str | Sequence[dict[str, str]], *, top_logprobs: int | None = None, **params: Any
+    ) -> LLMResponse:
+        """Send one request (or answer it from the cache). Parameters: temperature, max_tokens, top_p, stop, ...;
+        `top_logprobs=K` asks for the K most likely alternatives of each generated token (`LLMResponse.logprobs`,
+        None when the server gives none)."""
+        payload = self.payload(content, top_logprobs=top_logprobs, **params)
         h = request_hash(self.model, payload)
         fingerprint = self._fingerprint if self._fingerprint_asked else await asyncio.to_thread(self.server_fingerprint)
-        hit = self._read_cache(h, fingerprint)
+        hit = self._read_cache(h, payload, fingerprint)
         if hit is not None:
             self.usage.add(hit)
             return hit
@@ -248,6 +345,8 @@ class LLMClient:
         result = await asyncio.wait_for(call(**kwargs), timeout=self.timeout + 5)
         choice = result.choices[0]
         text = choice.text if self.mode == "completion" else choice.message.content
+        lp = _get(choice, "logprobs")
+        logprobs = None if lp is None else _completion_logprobs(lp) if self.mode == "completion" else _chat_logprobs(lp)
         usage = getattr(result, "usage", None)
         # litellm prices every response from its local table while logging it; reuse that (None when unpriced).
         hidden = getattr(result, "_hidden_params", None) or {}
@@ -265,6 +364,7 @@ class LLMClient:
             cost=cost,
             request_hash=h,
             model=self.model,
+            logprobs=logprobs,
         )
 
     async def aclose(self) -> None:
@@ -274,6 +374,8 @@ class LLMClient:
         with contextlib.suppress(Exception):
             await litellm.close_litellm_async_clients()
 
-    def complete(self, content: str | Sequence[dict[str, str]], **params: Any) -> LLMResponse:
+    def complete(
+        self, content: str | Sequence[dict[str, str]], *, top_logprobs: int | None = None, **params: Any
+    ) -> LLMResponse:
         """Blocking form of `acomplete` (runs its own event loop)."""
-        return asyncio.run(self.acomplete(content, **params))
+        return asyncio.run(self.acomplete(content, top_logprobs=top_logprobs, **params))

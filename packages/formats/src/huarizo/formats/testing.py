@@ -1,8 +1,10 @@
 """A scripted OpenAI-compatible server on loopback: the stand-in for a paid teacher or judge in tests and benchmarks.
 
 A script function receives each request body and returns the reply text, or a `Reply` with a fault: an HTTP error
-status (429, 500, ...), a delay (to provoke time-outs), a finish reason, or a raw body (garbage JSON). Every request is
-recorded in `server.requests`.
+status (429, 500, ...), a delay (to provoke time-outs), a finish reason, or a raw body (garbage JSON). A `Reply` can
+also carry token log probabilities, which the server returns in OpenAI's shapes when the request asks for them
+(chat: `logprobs: true, top_logprobs: K`; completions: `logprobs: K`). Every request is recorded in
+`server.requests`, its headers in `server.headers`.
 
     with ScriptedServer(lambda req: "Hello") as server:
         client = LLMClient("openai/teacher", api_base=server.url, api_key="x")
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,13 +23,48 @@ from typing import Any
 
 @dataclass
 class Reply:
-    """A scripted reply: text, or a fault."""
+    """A scripted reply: text, or a fault.
+
+    `logprobs` gives, for each generated token in order, its most likely alternatives as `{token: logprob}`; the
+    generated token is the most likely one. The server sends the first K alternatives a request asks for.
+    """
 
     text: str = ""
     status: int = 200
     delay: float = 0.0
     finish_reason: str = "stop"
     raw_body: str | None = None
+    logprobs: Sequence[Mapping[str, float]] | None = None
+
+
+def _ranked(position: Mapping[str, float], k: int) -> list[tuple[str, float]]:
+    return sorted(position.items(), key=lambda kv: -kv[1])[: max(k, 1)]
+
+
+def chat_logprobs(positions: Sequence[Mapping[str, float]], k: int) -> dict[str, Any]:
+    """`choices[0].logprobs` of a chat completion (OpenAI's shape) with `k` alternatives per token."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = []
+    for pos in positions:
+        ranked = _ranked(pos, k)
+        content.append({**entry(*ranked[0]), "top_logprobs": [entry(t, v) for t, v in ranked[:k]]})
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(positions: Sequence[Mapping[str, float]], k: int) -> dict[str, Any]:
+    """`choices[0].logprobs` of a (legacy) completion (OpenAI's shape) with `k` alternatives per token."""
+    tokens, values, tops, offsets, at = [], [], [], [], 0
+    for pos in positions:
+        ranked = _ranked(pos, k)
+        tokens.append(ranked[0][0])
+        values.append(ranked[0][1])
+        tops.append(dict(ranked[:k]))
+        offsets.append(at)
+        at += len(ranked[0][0])
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
 Script = Callable[[dict[str, Any]], "str | Reply"]
@@ -58,6 +95,7 @@ class ScriptedServer:
     ) -> None:
         self.script, self.latency, self.model, self.fingerprint = script, latency, model, fingerprint
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -101,6 +139,7 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with server._lock:
                     server.requests.append(body)
+                    server.headers.append(dict(self.headers.items()))
                 out = server.script(body)
                 reply = out if isinstance(out, Reply) else Reply(text=out)
                 delay = server.latency + reply.delay
@@ -115,12 +154,15 @@ class ScriptedServer:
                     return
                 chat = self.path.rstrip("/").endswith("chat/completions")
                 prompt_tokens = len(prompt_text(body).split())
-                choice: dict[str, Any] = {"index": 0, "finish_reason": reply.finish_reason}
+                choice: dict[str, Any] = {"index": 0, "finish_reason": reply.finish_reason, "logprobs": None}
                 if chat:
                     choice["message"] = {"role": "assistant", "content": reply.text}
+                    if body.get("logprobs") and reply.logprobs is not None:
+                        choice["logprobs"] = chat_logprobs(reply.logprobs, int(body.get("top_logprobs") or 0))
                 else:
                     choice["text"] = reply.text
-                    choice["logprobs"] = None
+                    if body.get("logprobs") is not None and reply.logprobs is not None:
+                        choice["logprobs"] = completion_logprobs(reply.logprobs, int(body["logprobs"]))
                 completion_tokens = len(reply.text.split())
                 self._send(
                     200,

@@ -1,25 +1,35 @@
-"""huarizo-judge: answer question sets, grade answers with any LLM judge (single or pairwise, both orders), audit
-the judge, and report win rates with confidence intervals."""
+"""huarizo-judge: answer question sets, grade answers with any LLM judge (single or pairwise, both orders; verdicts
+read from token probabilities or text), score existing judgments, audit the judge, and report win rates with
+standard errors and confidence intervals."""
 
-from huarizo.judge.answer import AnswerConfig, answer
+from huarizo.judge.answer import answer
+from huarizo.judge.config import AnswerConfig, GradeConfig, ScoreConfig
 from huarizo.judge.data import Answer, Question, QuestionSet, load_answers, load_questions, load_references
-from huarizo.judge.grade import GradeConfig, GradeResult, Judgment, grade
+from huarizo.judge.grade import grade
 from huarizo.judge.harness import HarnessConfig, harness, write_choice_task
+from huarizo.judge.judgments import Judgment
 from huarizo.judge.labels import Label, load_labels
 from huarizo.judge.metrics import metric_path
 from huarizo.judge.prompts import parse_pair, parse_rating
+from huarizo.judge.results import AnswerResult, GradeResult, JudgeIncomplete
+from huarizo.judge.score import READERS, Reader, score
 
 __version__ = "0.1.0"
 __all__ = [
+    "READERS",
     "Answer",
     "AnswerConfig",
+    "AnswerResult",
     "GradeConfig",
     "GradeResult",
     "HarnessConfig",
+    "JudgeIncomplete",
     "Judgment",
     "Label",
     "Question",
     "QuestionSet",
+    "Reader",
+    "ScoreConfig",
     "answer",
     "grade",
     "harness",
@@ -30,5 +40,6 @@ __all__ = [
     "metric_path",
     "parse_pair",
     "parse_rating",
+    "score",
     "write_choice_task",
 ]

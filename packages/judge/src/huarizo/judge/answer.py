@@ -1,47 +1,29 @@
 """`huarizo judge answer`: a model answers a question set, concurrently, cached and resumable.
 
 Answers are appended to a JSONL file in MT-bench's answer layout (`question_id, answer_id, model_id,
-choices[{index, turns}]`) as each question completes, so a run killed at any moment (even `kill -9`) resumes where it
-stopped with no answer lost or written twice. Multi-turn questions are answered turn by turn, each turn seeing the
-model's own earlier replies. Every request is cached by its hash, so a rerun pays nothing.
+choices[{index, turns}]`, plus the server's model `fingerprint` when it reports one) as each question completes, so a
+run killed at any moment (even `kill -9`) resumes where it stopped with no answer lost or written twice. A rerun keeps
+the answers of the same model: when the server reports a fingerprint, answers given under another fingerprint (a
+model retrained and served under its old name) are moved aside to `OUT.<fingerprint>.jsonl` and asked again.
+Multi-turn questions are answered turn by turn, each turn seeing the model's own earlier replies. Every request is
+cached by its hash, so a rerun pays nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from huarizo.formats.config import HuarizoConfig
-from huarizo.formats.errors import HuarizoError
-from huarizo.formats.io import JsonlAppender
-from huarizo.formats.llm import LLMClient, LLMError, Usage
+from huarizo.formats.io import JsonlAppender, write_records
+from huarizo.formats.llm import LLMClient, LLMError
 from huarizo.formats.models import cache_dir as huarizo_cache
+from huarizo.judge.config import AnswerConfig
 from huarizo.judge.data import Question, load_questions
-
-
-class AnswerConfig(HuarizoConfig):
-    """Configuration of `huarizo judge answer`."""
-
-    model: str = Field(description="litellm model string, e.g. openai/gpt-4o-mini or openai/<name> with api_base")
-    questions: str = Field(description="question file (Vicuna-80, MT-bench, AlpacaEval or Self-Instruct layout)")
-    out: str = Field(description="answers JSONL (appended to; a rerun resumes)")
-    model_id: str | None = Field(None, description="name written as model_id (default: the model string's last part)")
-    api_base: str | None = None
-    api_key: str | None = None
-    concurrency: int = Field(8, ge=1)
-    max_tokens: int = Field(1024, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    system: str | None = Field(None, description="system message sent before the first turn")
-    template: str | None = Field(
-        None, description="huarizo template name: send plain prompts in completion mode (base models)"
-    )
-    cache_dir: str | None = Field(None, description="request cache (default: $HUARIZO_CACHE/llm)")
-    max_retries: int = Field(5, ge=0)
-    limit: int | None = Field(None, ge=1, description="answer only the first N questions")
+from huarizo.judge.results import AnswerResult, JudgeIncomplete
 
 
 def default_cache() -> str:
@@ -49,44 +31,25 @@ def default_cache() -> str:
     return str(huarizo_cache() / "llm")
 
 
-def make_client(cfg: Any, model: str, mode: str = "chat") -> LLMClient:
-    """An `LLMClient` from a config's api_base / api_key / concurrency / cache_dir / max_retries."""
-    return LLMClient(
-        model=model,
-        api_base=cfg.api_base,
-        api_key=cfg.api_key,
-        mode=mode,  # type: ignore[arg-type]
-        concurrency=cfg.concurrency,
-        max_retries=cfg.max_retries,
-        cache_dir=cfg.cache_dir or default_cache(),
-    )
-
-
 async def _answer_one(cfg: AnswerConfig, client: LLMClient, q: Question, model_id: str) -> dict[str, Any]:
-    turns: list[str] = []
-    messages: list[dict[str, str]] = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    from huarizo.judge.prompts import completion_prompt
+
     template = None
     if cfg.template:
         from huarizo.formats.templates import get_template
 
         template = get_template(cfg.template)
+    turns: list[str] = []
+    messages: list[dict[str, str]] = [{"role": "system", "content": cfg.system}] if cfg.system else []
     for user in q.turns:
         messages.append({"role": "user", "content": user})
+        params: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
         if template is not None:
-            from huarizo.formats.schemas import Conversation, Message
-
-            conv = Conversation(messages=[Message(role=m["role"], content=m["content"]) for m in messages])  # type: ignore[arg-type]
-            resp = await client.acomplete(
-                template.generation_prompt(conv),
-                max_tokens=cfg.max_tokens,
-                temperature=cfg.temperature,
-                stop=template.stop_strings(),
-            )
+            resp = await client.acomplete(completion_prompt(messages, template), stop=template.stop_strings(), **params)
         else:
-            resp = await client.acomplete(messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
-        text = resp.text.strip()
-        turns.append(text)
-        messages.append({"role": "assistant", "content": text})
+            resp = await client.acomplete(messages, **params)
+        turns.append(resp.text.strip())
+        messages.append({"role": "assistant", "content": turns[-1]})
     return {
         "question_id": q.question_id,
         "answer_id": f"{model_id}:{q.question_id}",
@@ -96,22 +59,71 @@ async def _answer_one(cfg: AnswerConfig, client: LLMClient, q: Question, model_i
     }
 
 
-def answer(cfg: AnswerConfig, *, progress: bool = True) -> Usage:
-    """Answer every question not yet in `cfg.out`; returns the client's usage (requests, cache hits, tokens, cost)."""
+def _aside(out: Path, fingerprint: Any) -> Path:
+    """Where answers given under another fingerprint go: `OUT.<fingerprint>.jsonl`."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", str(fingerprint or "unknown"))[:16]
+    return out.with_name(f"{out.stem}.{name}{out.suffix}")
+
+
+def _set_aside(out: Path, model_id: str, fingerprint: str | None) -> tuple[set[str], int]:
+    """Ids already answered by this model (and fingerprint, when the server reports one); this model_id's answers
+    under another fingerprint are moved aside. Returns (answered ids, how many were moved)."""
+    if not out.exists():
+        return set(), 0
+    with JsonlAppender(out) as app:  # repairs a torn last line
+        rows = app.existing()
+    mine = [r for r in rows if r.get("model_id") == model_id]
+    stale = {id(r): r for r in mine if fingerprint and r.get("fingerprint") != fingerprint}
+    by_file: dict[Path, list[dict[str, Any]]] = defaultdict(list)
+    for r in stale.values():
+        by_file[_aside(out, r.get("fingerprint"))].append(r)
+    for path, old in by_file.items():
+        with JsonlAppender(path, fsync=True) as aside:
+            aside.append(old)
+    if stale:
+        write_records(out, [r for r in rows if id(r) not in stale])
+    return {str(r.get("question_id")) for r in mine if id(r) not in stale}, len(stale)
+
+
+def answer(cfg: AnswerConfig, *, progress: bool = True) -> AnswerResult:
+    """Answer every question not yet answered by this model in `cfg.out`. Raises `JudgeIncomplete` (carrying the
+    result) when some questions failed; their answers come on a rerun."""
+    start = time.monotonic()
     qs = load_questions(cfg.questions).questions[: cfg.limit]
-    model_id = cfg.model_id or cfg.model.rsplit("/", 1)[-1]
-    client = make_client(cfg, cfg.model, "completion" if cfg.template else "chat")
+    model_id = cfg.model_id or cfg.endpoint.model.rsplit("/", 1)[-1]
+    client = cfg.endpoint.client("completion" if cfg.template else "chat", cache_dir=default_cache())
+    fingerprint = client.server_fingerprint()
     out = Path(cfg.out)
+    done, replaced = _set_aside(out, model_id, fingerprint)
+    todo = [q for q in qs if q.question_id not in done]
     with JsonlAppender(out, fsync=True) as app:
-        done = {str(r.get("question_id")) for r in app.existing() if r.get("model_id") == model_id}
-        todo = [q for q in qs if q.question_id not in done]
-        asyncio.run(_run(cfg, client, todo, model_id, app, progress))
-    return client.usage
+        failures = asyncio.run(_run(cfg, client, todo, model_id, fingerprint, app, progress))
+    counts = {
+        "questions": len(qs),
+        "answered": len(todo) - len(failures),
+        "kept": len(qs) - len(todo),
+        "replaced": replaced,
+        "failed": len(failures),
+    }
+    result = AnswerResult.build(out, model_id, fingerprint, counts, client.usage, time.monotonic() - start)
+    if failures:
+        raise JudgeIncomplete(
+            f"{len(failures)} questions failed (rerun to retry them; the others are saved in {out}):\n  "
+            + "\n  ".join(failures[:5]),
+            result,
+        )
+    return result
 
 
 async def _run(
-    cfg: AnswerConfig, client: LLMClient, todo: list[Question], model_id: str, app: JsonlAppender, progress: bool
-) -> None:
+    cfg: AnswerConfig,
+    client: LLMClient,
+    todo: list[Question],
+    model_id: str,
+    fingerprint: str | None,
+    app: JsonlAppender,
+    progress: bool,
+) -> list[str]:
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"answering ({model_id})", unit="q", disable=None if progress else True)
@@ -123,6 +135,8 @@ async def _run(
         except LLMError as exc:
             failures.append(f"{q.question_id}: {exc}")
             return
+        if fingerprint:
+            rec["fingerprint"] = fingerprint
         app.append([rec])  # one whole line per question, written as soon as it is complete
         bar.update(1)
 
@@ -131,8 +145,4 @@ async def _run(
     finally:
         bar.close()
         await client.aclose()
-    if failures:
-        raise HuarizoError(
-            f"{len(failures)} questions failed (rerun to retry them; the others are saved):\n  "
-            + "\n  ".join(failures[:5])
-        )
+    return failures

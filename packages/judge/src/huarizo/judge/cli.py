@@ -1,80 +1,122 @@
-"""`huarizo judge answer | grade | harness`."""
+"""`huarizo judge answer | grade | score | harness`: options generated from the configs (file < `--set` < flags)."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 from typing import Any
 
-from huarizo.formats.cli import add_set_option
+from huarizo.formats.cli import add_config_options, config_from_args
+
+_ENDPOINT = ["model", "api_base", "api_key_env", "concurrency", "request_timeout", "max_retries", "cache_dir"]
+_ANSWER = ["questions", "out", "model_id", "max_tokens", "temperature", "system", "template", "limit"]
+_GRADE = [
+    "mode",
+    "questions",
+    "references",
+    "answers",
+    "baseline",
+    "template",
+    "verdict",
+    "top_logprobs",
+    "parse_retries",
+    "temperature",
+    "retry_temperature",
+    "max_tokens",
+    "labels",
+    "instruction_difficulty",
+    "bootstrap",
+    "seed",
+    "limit",
+    "plots",
+    "out",
+]
+_SCORE = ["out", "questions", "baseline", "instruction_difficulty", "bootstrap", "seed", "plots"]
 
 
-def _overrides(args: argparse.Namespace, keys: list[str]) -> list[str]:
-    """Flags given on the command line, as `--set` overrides (JSON values are valid YAML), before the user's own."""
-    flags = [f"{k}={json.dumps(getattr(args, k))}" for k in keys if getattr(args, k, None) not in (None, [])]
-    return flags + list(args.overrides)
+def _legacy(parser: argparse.ArgumentParser, section: str, model_flag: str) -> None:
+    """The flags of huarizo-judge 0.1 (short names for the endpoint section), kept working."""
+    parser.add_argument(model_flag, dest=f"cfg:{section}.model", metavar="MODEL", help=f"short for --{section}-model")
+    for name, metavar in (("api_base", "URL"), ("concurrency", "N"), ("cache_dir", "DIR")):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag, dest=f"cfg:{section}.{name}", metavar=metavar, help=f"short for --{section}-{flag[2:]}"
+        )
+    parser.add_argument(
+        "--api-key",
+        dest="api_key",
+        metavar="KEY",
+        help=f"deprecated: put the key in an environment variable and pass its name with --{section}-api-key-env "
+        "(the key given here is used for this run and never written)",
+    )
+
+
+def _key_from_flag(args: argparse.Namespace, section: str) -> None:
+    """`--api-key KEY`: handed to the client through this process's environment, so no file ever holds it."""
+    if args.api_key:
+        name = f"HUARIZO_{section.upper()}_API_KEY"
+        os.environ[name] = args.api_key
+        setattr(args, f"cfg:{section}.api_key_env", name)
 
 
 def _answer(args: argparse.Namespace) -> int:
-    from huarizo.judge.answer import AnswerConfig, answer
+    from huarizo.judge.answer import answer
+    from huarizo.judge.config import AnswerConfig
 
-    keys = [
-        "model",
-        "questions",
-        "out",
-        "model_id",
-        "api_base",
-        "api_key",
-        "concurrency",
-        "max_tokens",
-        "temperature",
-        "template",
-        "system",
-        "cache_dir",
-        "limit",
-    ]
-    cfg = AnswerConfig.load(args.config, _overrides(args, keys))
-    usage = answer(cfg)
-    print(f"answers in {cfg.out}; {usage.requests} requests, {usage.cached} cached, {usage.retries} retried")
+    _key_from_flag(args, "endpoint")
+    cfg = config_from_args(AnswerConfig, args)
+    r = answer(cfg)
+    c = r.counts
+    print(
+        f"answers in {cfg.out}: {c['answered']} answered, {c['kept']} kept from before, {c['replaced']} moved aside "
+        f"(another fingerprint); {c['asked']} requests asked, {c['cached']} from the cache"
+    )
     return 0
 
 
-def _grade(args: argparse.Namespace) -> int:
-    from huarizo.judge.grade import GradeConfig, grade
-
-    keys = [
-        "mode",
-        "questions",
-        "references",
-        "answers",
-        "baseline",
-        "judge",
-        "api_base",
-        "api_key",
-        "concurrency",
-        "labels",
-        "out",
-        "limit",
-        "cache_dir",
-        "parse_retries",
-    ]
-    cfg = GradeConfig.load(args.config, _overrides(args, keys))
-    result = grade(cfg)
-    s = result.summary
-    if cfg.mode == "pairwise":
+def _print_grade(s: dict[str, Any]) -> None:
+    read = ", ".join(f"{n} by {way}" for way, n in sorted(s["verdicts_read"].items())) or "none"
+    print(f"{s['n']} of {s['items']} items judged (verdicts read: {read})")
+    if s["mode"] == "pairwise":
         for p in s["pairs"]:
-            rate = (
-                "n/a" if p["win_rate"] is None else "{:.3f} [{:.3f}, {:.3f}]".format(p["win_rate"], *p["win_rate_ci"])
-            )
-            print(
-                f"{p['model']} vs {p['opponent']}: win rate {rate} "
-                f"({p['wins']}W {p['ties']}T {p['losses']}L, {p['errors']} errors)"
-            )
+            rate = "n/a"
+            if p["win_rate"] is not None:
+                se = "" if p["standard_error"] is None else f" ± {p['standard_error']:.3f}"
+                rate = "{:.3f}{} [{:.3f}, {:.3f}]".format(p["win_rate"], se, *p["win_rate_ci"])
+            print(f"{p['model']} vs {p['opponent']}: win rate {rate} ({p['wins']}W {p['ties']}T {p['losses']}L)")
     else:
         for m, v in s["models"].items():
             print(f"{m}: mean score {v['mean']} over {v['n']} ({v['errors']} errors)")
     a = s["audit"]
     print(f"audit: position consistency {a['position_consistency']}, prefers longer {a['prefers_longer']}")
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from huarizo.judge.config import GradeConfig
+    from huarizo.judge.grade import grade
+    from huarizo.judge.results import JudgeIncomplete
+
+    _key_from_flag(args, "judge")
+    cfg = config_from_args(GradeConfig, args)
+    try:
+        result = grade(cfg)
+    except JudgeIncomplete as exc:
+        _print_grade(exc.result.summary)  # type: ignore[attr-defined]
+        raise
+    _print_grade(result.summary)
+    print(f"wrote {result.out}/summary.json, judgments.jsonl, report.md")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from huarizo.judge.config import ScoreConfig
+    from huarizo.judge.score import score
+
+    result = score(config_from_args(ScoreConfig, args))
+    s = result.summary
+    for path, src in s["sources"].items():
+        print(f"{path}: {src['records']} records ({src['kind']})")
+    _print_grade(s)
     print(f"wrote {result.out}/summary.json, judgments.jsonl, report.md")
     return 0
 
@@ -82,8 +124,7 @@ def _grade(args: argparse.Namespace) -> int:
 def _harness(args: argparse.Namespace) -> int:
     from huarizo.judge.harness import HarnessConfig, harness
 
-    keys = ["model", "tasks", "include_path", "num_fewshot", "limit", "batch_size", "device", "out"]
-    cfg = HarnessConfig.load(args.config, _overrides(args, keys))
+    cfg = config_from_args(HarnessConfig, args)
     for task, metrics in harness(cfg).items():
         print(task, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
@@ -91,55 +132,29 @@ def _harness(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Register `huarizo judge` and its subcommands."""
+    from huarizo.judge.config import AnswerConfig, GradeConfig, ScoreConfig
+    from huarizo.judge.harness import HarnessConfig
+
     judge = sub.add_parser("judge", help="answer question sets, grade answers with an LLM judge, run benchmarks")
     jsub = judge.add_subparsers(dest="judge_command", metavar="SUBCOMMAND", required=True)
 
     p = jsub.add_parser("answer", help="answer a question set with any litellm model (cached, resumable)")
-    p.add_argument("config", nargs="?", help="YAML config (flags and --set override it)")
-    p.add_argument("--model", help="litellm model, e.g. openai/my-model with --api-base")
-    p.add_argument("--questions")
-    p.add_argument("--out", help="answers JSONL")
-    p.add_argument("--model-id", dest="model_id", help="name written in the answers (default: from --model)")
-    p.add_argument("--api-base", dest="api_base")
-    p.add_argument("--api-key", dest="api_key")
-    p.add_argument("--concurrency", type=int)
-    p.add_argument("--max-tokens", dest="max_tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--template", help="huarizo template: send plain prompts (completion mode)")
-    p.add_argument("--system", help="system message")
-    p.add_argument("--cache-dir", dest="cache_dir")
-    p.add_argument("--limit", type=int)
-    add_set_option(p)
+    add_config_options(p, AnswerConfig, [f"endpoint.{f}" for f in _ENDPOINT] + _ANSWER)
+    _legacy(p, "endpoint", "--model")
     p.set_defaults(func=_answer)
 
     p = jsub.add_parser("grade", help="grade answers with an LLM judge: single ratings or pairwise, both orders")
-    p.add_argument("config", nargs="?", help="YAML config (flags and --set override it)")
-    p.add_argument("--mode", choices=["single", "pairwise"])
-    p.add_argument("--questions")
-    p.add_argument("--references", help="reference answers (MT-bench answer layout)")
-    p.add_argument("--answers", action="append", default=[], help="answer file (repeatable)")
-    p.add_argument("--baseline", help="answer file of the baseline model (pairwise)")
-    p.add_argument("--judge", help="litellm model of the judge")
-    p.add_argument("--api-base", dest="api_base")
-    p.add_argument("--api-key", dest="api_key")
-    p.add_argument("--concurrency", type=int)
-    p.add_argument("--labels", action="append", default=[], help="labels for the agreement audit (repeatable)")
-    p.add_argument("--parse-retries", dest="parse_retries", type=int)
-    p.add_argument("--cache-dir", dest="cache_dir")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--out", help="output folder")
-    add_set_option(p)
+    add_config_options(p, GradeConfig, [f"judge.{f}" for f in _ENDPOINT] + _GRADE)
+    _legacy(p, "judge", "--judge")
     p.set_defaults(func=_grade)
 
+    p = jsub.add_parser("score", help="score existing judgments (AlpacaEval, FastChat, Huarizo): summary and report")
+    p.add_argument("cfg:files", nargs="+", metavar="FILE", help=ScoreConfig.model_fields["files"].description)
+    add_config_options(p, ScoreConfig, _SCORE, config_file=False)
+    p.set_defaults(func=_score)
+
     p = jsub.add_parser("harness", help="multiple-choice benchmarks through lm-evaluation-harness (extra [harness])")
-    p.add_argument("config", nargs="?")
-    p.add_argument("--model", help="model folder, tiny, embedded or hub id")
-    p.add_argument("--tasks", help="comma-separated lm-eval tasks")
-    p.add_argument("--include-path", dest="include_path", help="folder of local task YAMLs")
-    p.add_argument("--num-fewshot", dest="num_fewshot", type=int)
-    p.add_argument("--limit", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--device")
-    p.add_argument("--out")
-    add_set_option(p)
+    add_config_options(
+        p, HarnessConfig, ["model", "tasks", "include_path", "num_fewshot", "limit", "batch_size", "device", "out"]
+    )
     p.set_defaults(func=_harness)

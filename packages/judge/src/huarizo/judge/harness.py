@@ -26,16 +26,19 @@ class HarnessConfig(HuarizoConfig):
     model: str = Field(description="model reference: a folder, `tiny`, `embedded` or a hub id")
     tasks: list[str] = Field(min_length=1, description="lm-eval task names")
     include_path: str | None = Field(None, description="folder of extra task YAMLs (e.g. from write_choice_task)")
-    num_fewshot: int | None = Field(None, ge=0)
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples per item (default: the task's)")
     limit: int | None = Field(None, ge=1, description="items per task")
-    batch_size: int = Field(1, ge=1)
-    device: str = "cpu"
+    batch_size: int = Field(1, ge=1, description="items per forward pass")
+    device: str = Field("cpu", description="torch device")
     out: str = Field(description="output folder")
 
     @field_validator("tasks", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
+        items = [v] if isinstance(v, str) else v
+        return (
+            [t.strip() for item in items for t in str(item).split(",") if t.strip()] if isinstance(items, list) else v
+        )
 
 
 _TASK_YAML = """task: {name}

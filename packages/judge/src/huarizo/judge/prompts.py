@@ -2,41 +2,76 @@
 
 The verdict formats are a compatibility contract judges and their users already know: `[[A]]`, `[[B]]` or `[[C]]`
 (tie) for a comparison, and `Rating: [[N]]` (N from 1 to 10) for a single grade. Every answer appears verbatim.
+
+Text verdicts let the judge think first and write the verdict last; probability verdicts ask for the verdict alone
+(`verdict_only`) so that it is the first thing generated, and in completion mode the prompt itself ends with
+`Verdict: [[` or `Rating: [[`, so the very next token is the verdict (`completion_prompt`).
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from huarizo.judge.data import Question
+
+if TYPE_CHECKING:
+    from huarizo.formats.templates import Template
 
 REFERENCE_CATEGORIES = frozenset({"math", "reasoning", "coding"})
 """Categories graded against the reference answer when the question has one."""
 
-SYSTEM_SINGLE = (
+_SINGLE_TASK = (
     "You are a strict, fair reviewer of AI assistant answers. Judge how well the answer serves the user: whether it "
     "is correct, does what was asked, is useful and specific, and is clearly written. Length is not a merit in "
-    "itself. Think briefly, then give your grade on the last line exactly as `Rating: [[N]]`, where N is an integer "
-    "from 1 (useless or wrong) to 10 (excellent)."
+    "itself. "
 )
-SYSTEM_SINGLE_REF = (
+_SINGLE_REF_TASK = (
     "You are a strict, fair reviewer of AI assistant answers to questions that have a correct answer. A reference "
     "solution is given: compare the assistant's final result with it and treat any mistake in the result as serious, "
-    "however well the answer is written. Think briefly, then give your grade on the last line exactly as "
-    "`Rating: [[N]]`, where N is an integer from 1 (wrong) to 10 (correct and clear)."
+    "however well the answer is written. "
 )
-SYSTEM_PAIR = (
+_PAIR_TASK = (
     "You compare two AI assistants' answers to the same user request and decide which serves the user better: "
     "correctness first, then whether it does what was asked, usefulness and clarity. The order in which the answers "
-    "are shown must not matter, nor their length, nor the assistants' names. Think briefly, then end with exactly one "
-    "verdict on the last line: `[[A]]` if assistant A is better, `[[B]]` if assistant B is better, `[[C]]` for a tie."
+    "are shown must not matter, nor their length, nor the assistants' names. "
 )
-SYSTEM_PAIR_REF = (
+_PAIR_REF_TASK = (
     "You compare two AI assistants' answers to a question that has a correct answer. A reference solution is given: "
     "an answer whose result disagrees with it loses to one that agrees, however well it is written. The order of the "
-    "answers and their length must not matter. Think briefly, then end with exactly one verdict on the last line: "
-    "`[[A]]` if assistant A is better, `[[B]]` if assistant B is better, `[[C]]` for a tie."
+    "answers and their length must not matter. "
 )
+_PAIR_VERDICTS = "`[[A]]` if assistant A is better, `[[B]]` if assistant B is better, `[[C]]` for a tie."
+_THINK_PAIR = "Think briefly, then end with exactly one verdict on the last line: " + _PAIR_VERDICTS
+_ONLY_PAIR = "Reply with the verdict alone, no explanation: " + _PAIR_VERDICTS
+
+
+def _think_single(worst: str, best: str) -> str:
+    return (
+        "Think briefly, then give your grade on the last line exactly as `Rating: [[N]]`, where N is an integer "
+        f"from 1 ({worst}) to 10 ({best})."
+    )
+
+
+def _only_single(worst: str, best: str) -> str:
+    return f"Reply with the grade alone, no explanation, as `[[N]]` with N from 1 ({worst}) to 10 ({best})."
+
+
+SYSTEM_SINGLE = _SINGLE_TASK + _think_single("useless or wrong", "excellent")
+SYSTEM_SINGLE_REF = _SINGLE_REF_TASK + _think_single("wrong", "correct and clear")
+SYSTEM_PAIR = _PAIR_TASK + _THINK_PAIR
+SYSTEM_PAIR_REF = _PAIR_REF_TASK + _THINK_PAIR
+VERDICT_SYSTEMS = {
+    SYSTEM_SINGLE: _SINGLE_TASK + _only_single("useless or wrong", "excellent"),
+    SYSTEM_SINGLE_REF: _SINGLE_REF_TASK + _only_single("wrong", "correct and clear"),
+    SYSTEM_PAIR: _PAIR_TASK + _ONLY_PAIR,
+    SYSTEM_PAIR_REF: _PAIR_REF_TASK + _ONLY_PAIR,
+}
+"""The system prompt of each kind of request, asking for the verdict alone (probability verdicts)."""
+
+PAIR_PREFIX = "Verdict: [["
+RATING_PREFIX = "Rating: [["
+"""Where a completion-mode prompt for a probability verdict ends: the next token is the verdict."""
 
 
 def _dialogue(question: Question, answer_turns: list[str], upto: int, who: str = "Assistant") -> str:
@@ -60,7 +95,8 @@ def _focus(question: Question, turn: int) -> str:
 
 
 def single_messages(question: Question, answer_turns: list[str], turn: int) -> tuple[list[dict[str, str]], bool]:
-    """Messages asking for a 1-10 rating of `answer_turns[turn]`, and whether a reference was used."""
+    """Messages asking for a 1-10 rating of `answer_turns[turn]` (thinking first), and whether a reference was
+    used."""
     ref = _reference(question, turn)
     body = f"<conversation>\n{_dialogue(question, answer_turns, turn)}\n</conversation>"
     if ref is not None:
@@ -74,7 +110,8 @@ def single_messages(question: Question, answer_turns: list[str], turn: int) -> t
 def pair_messages(
     question: Question, turns_a: list[str], turns_b: list[str], turn: int
 ) -> tuple[list[dict[str, str]], bool]:
-    """Messages asking which of two answers (A shown first) is better at `turn`, and whether a reference was used."""
+    """Messages asking which of two answers (A shown first) is better at `turn` (thinking first), and whether a
+    reference was used."""
     ref = _reference(question, turn)
     body = (
         f"<conversation with assistant A>\n{_dialogue(question, turns_a, turn, 'Assistant A')}\n"
@@ -87,6 +124,23 @@ def pair_messages(
     focus = _focus(question, turn).replace("the assistant's reply", "the assistants' replies")
     system = SYSTEM_PAIR_REF if ref is not None else SYSTEM_PAIR
     return [{"role": "system", "content": system}, {"role": "user", "content": body + focus}], ref is not None
+
+
+def verdict_only(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The same request asking for the verdict alone, so that the verdict is the first token generated."""
+    system, *rest = messages
+    return [{"role": "system", "content": VERDICT_SYSTEMS[system["content"]]}, *rest]
+
+
+def completion_prompt(messages: list[dict[str, str]], template: Template, prefix: str = "") -> str:
+    """A chat request as one plain prompt in a Huarizo template (completion mode), ending with `prefix`."""
+    from huarizo.formats.schemas import Conversation, Message
+
+    conv = Conversation(messages=[Message(role=m["role"], content=m["content"]) for m in messages])  # type: ignore[arg-type]
+    prompt = template.generation_prompt(conv)
+    if prefix and not prompt.endswith(("\n", " ")):
+        prompt += "\n"
+    return prompt + prefix
 
 
 _PAIR = re.compile(r"\[\[\s*([ABC])\s*\]\]")

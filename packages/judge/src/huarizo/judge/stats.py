@@ -1,5 +1,5 @@
-"""Statistics of judgments: win rates with bootstrap intervals, length-controlled win rate, Bradley-Terry ratings,
-the judge audit (position consistency, length preference) and agreement with labels."""
+"""Statistics of judgments: win rates with standard errors and bootstrap intervals, the length-adjusted win rate,
+AlpacaEval's length-controlled win rate formula, Bradley-Terry ratings, and agreement with labels."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+
+def standard_error(values: Sequence[float]) -> float | None:
+    """Standard error of the mean: the sample standard deviation (n - 1) over sqrt(n), as AlpacaEval reports it
+    (None for fewer than two values)."""
+    x = np.asarray(values, dtype=float)
+    return float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else None
 
 
 def bootstrap_ci(values: Sequence[float], *, n: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
@@ -35,12 +42,13 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, ridge: np.ndarray, iters: int = 
     return beta
 
 
-def length_controlled_win_rate(outcomes: Sequence[float], length_diffs: Sequence[float]) -> float | None:
-    """Win rate with the length effect regressed out, in the spirit of AlpacaEval 2.
+def length_adjusted_win_rate(outcomes: Sequence[float], length_diffs: Sequence[float]) -> float | None:
+    """Win rate at equal length, from this run's comparisons alone.
 
-    Fits P(win) = sigmoid(b0 + b1 * tanh(d / sd(d))) on the outcomes (1 win, 0.5 tie, 0 loss) and the length
-    differences d (model minus opponent, characters); the length-controlled win rate is sigmoid(b0): the predicted
-    win rate if both answers had the same length. A small ridge keeps a judge that only looks at length finite.
+    Fits P(win) = sigmoid(b0 + b1 * tanh(d / sd(d))) on the outcomes (1 win, 0.5 tie, 0 loss, or between) and the
+    length differences d (model minus opponent, characters) and returns sigmoid(b0). Not AlpacaEval's
+    length-controlled win rate, which also fits each instruction's difficulty across many models
+    (`alpaca_eval_length_controlled`). A small ridge keeps a judge that only looks at length finite.
     """
     y = np.asarray(outcomes, dtype=float)
     d = np.asarray(length_diffs, dtype=float)
@@ -51,6 +59,28 @@ def length_controlled_win_rate(outcomes: Sequence[float], length_diffs: Sequence
     x = np.column_stack([np.ones_like(z), z])
     beta = _logistic_fit(x, y, ridge=np.array([1e-3, 1.0]))
     return float(1 / (1 + math.exp(-beta[0])))
+
+
+def alpaca_eval_length_controlled(
+    outcomes: Sequence[float], length_diffs: Sequence[float], difficulties: Sequence[float]
+) -> float | None:
+    """AlpacaEval's length-controlled win rate formula, fitted on one model's comparisons.
+
+    The GLM of AlpacaEval 2: P(win) = sigmoid(w_len * tanh(d / sd(d)) + w_diff * difficulty + w_model), no
+    intercept, with the instruction difficulties AlpacaEval fitted across its leaderboard; the win rate predicted
+    at d = 0, averaged over the instructions. AlpacaEval also regularises the fit toward its own "gamed" baselines
+    and picks an L1 strength by cross-validation; this fit has neither (only a negligible ridge), so on the same
+    annotations it can differ from the leaderboard's figure.
+    """
+    y = np.asarray(outcomes, dtype=float)
+    d = np.asarray(length_diffs, dtype=float)
+    diff = np.asarray(difficulties, dtype=float)
+    if y.size < 2:
+        return None
+    sd = d.std(ddof=1)
+    z = np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
+    beta = _logistic_fit(np.column_stack([z, diff, np.ones_like(z)]), y, ridge=np.full(3, 1e-6))
+    return float(np.mean(1 / (1 + np.exp(-(beta[1] * diff + beta[2])))))
 
 
 def bradley_terry(
@@ -76,7 +106,7 @@ def bradley_terry_ci(
     n: int = 200,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Bradley-Terry ratings with percentile bootstrap intervals (questions resampled)."""
+    """Bradley-Terry ratings with percentile bootstrap intervals and standard errors (questions resampled)."""
     keys = sorted(games_by_question)
     point = bradley_terry(models, [g for k in keys for g in games_by_question[k]])
     rng = np.random.default_rng(seed)
@@ -89,7 +119,8 @@ def bradley_terry_ci(
     out = {}
     for m in models:
         lo, hi = np.percentile(samples[m], [2.5, 97.5]) if samples[m] else (math.nan, math.nan)
-        out[m] = {"rating": point[m], "ci": [float(lo), float(hi)]}
+        se = float(np.std(samples[m], ddof=1)) if len(samples[m]) > 1 else None
+        out[m] = {"rating": point[m], "standard_error": se, "ci": [float(lo), float(hi)]}
     return out
 
 

@@ -7,11 +7,13 @@ a 400 with OpenAI's error JSON; a client that goes away cancels its sequences, w
 from __future__ import annotations
 
 import asyncio
+import codecs
 import dataclasses
 import json
+import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -22,8 +24,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from huarizo.formats.errors import HuarizoError
 from huarizo.formats.schemas import Conversation, Message
 from huarizo.serve.config import ServeConfig
-from huarizo.serve.engine import Delta, EngineError, Event, Finished, RequestHandle, SamplingParams
+from huarizo.serve.engine import (
+    Delta,
+    EngineError,
+    Event,
+    Finished,
+    PromptLogprobs,
+    RequestHandle,
+    SamplingParams,
+    TokenLogprob,
+)
 from huarizo.serve.model import ServedModel
+from huarizo.serve.tokens import TokenText
+
+MAX_STOPS = 128
+"""Stop strings a request may send (OpenAI allows 4; lm-eval sends its task's `until` list)."""
+MAX_STOP_CHARS = 512
+"""Characters of one stop string."""
+MAX_LOGPROBS = 20
+"""The most alternatives per position (`top_logprobs` of chat, `logprobs` of completions), as OpenAI allows."""
 
 # ---- request bodies -------------------------------------------------------------------------------------------------
 
@@ -67,14 +86,17 @@ class ChatCompletionRequest(_Sampling):
 
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
 class CompletionRequest(_Sampling):
-    """POST /v1/completions."""
+    """POST /v1/completions (`max_tokens: 0` with `echo` scores the prompt alone, as lm-eval asks)."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     best_of: int | None = None
 
 
@@ -213,7 +235,7 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         except ValidationError as exc:
             raise _validation_error(exc) from None
 
-    def sampling(req: _Sampling, prompt_len: int, *, chat: bool, max_tokens: int | None) -> Any:
+    def sampling(req: _Sampling, prompt_len: int, *, chat: bool, max_tokens: int | None, **kw: Any) -> Any:
         room = served.context_length - prompt_len
         if room < 1:
             raise APIError(400, f"the prompt has {prompt_len} tokens; the context is {served.context_length}")
@@ -225,14 +247,19 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
                 param="max_tokens",
             )
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > MAX_STOPS:
+            raise APIError(400, f"stop: at most {MAX_STOPS} stop strings (got {len(stop)})", param="stop")
+        if any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise APIError(400, f"stop: a stop string has at most {MAX_STOP_CHARS} characters", param="stop")
         return served.params(
             chat=chat,
             stop=stop,
-            max_tokens=max_tokens or min(cfg.default_max_tokens, room),
+            max_tokens=min(cfg.default_max_tokens, room) if max_tokens is None else max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
             ignore_eos=req.ignore_eos,
+            **kw,
         )
 
     @app.post("/v1/chat/completions")
@@ -246,14 +273,21 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             raise APIError(400, f"messages: {exc.errors()[0]['msg']}", param="messages") from None
         except HuarizoError as exc:
             raise APIError(400, f"messages: {exc}", param="messages") from None
-        params = sampling(req, len(ids), chat=True, max_tokens=req.max_completion_tokens or req.max_tokens)
-        return await _respond(request, req, [ids] * req.n, _per_choice(params, req.n), chat=True)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        params = sampling(req, len(ids), chat=True, max_tokens=max_tokens, logprobs=logprobs)
+        choices = [_Choice(ids, p) for p in _per_choice(params, req.n)]
+        return await _respond(request, req, choices, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req: CompletionRequest = await read_body(request, CompletionRequest)
-        if req.echo or req.logprobs or (req.best_of or 1) > 1:
-            raise APIError(400, "echo, logprobs and best_of are not supported by this server")
+        if (req.best_of or 1) > 1:
+            raise APIError(400, "best_of: only 1 is supported by this server", param="best_of")
+        if req.max_tokens == 0 and not req.echo:
+            raise APIError(400, "max_tokens: 0 is only allowed with echo (to score the prompt)", param="max_tokens")
         p = req.prompt
         prompts: list[Any] = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
         if not prompts or any(not x for x in prompts):
@@ -262,17 +296,17 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         if any(not 0 <= t < vocab for x in prompts if not isinstance(x, str) for t in x):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
         ids_of = [served.completion_prompt(x) for x in prompts]
-        all_ids = [ids for ids in ids_of for _ in range(req.n)]
-        params = [
-            p
-            for ids in ids_of
-            for p in _per_choice(sampling(req, len(ids), chat=False, max_tokens=req.max_tokens), req.n)
+        kw = {"logprobs": req.logprobs, "prompt_logprobs": req.logprobs if req.echo else None}
+        choices = [
+            _Choice(ids, p, _echo_text(served, x) if req.echo else None)
+            for x, ids in zip(prompts, ids_of, strict=True)
+            for p in _per_choice(sampling(req, len(ids), chat=False, max_tokens=req.max_tokens, **kw), req.n)
         ]
-        return await _respond(request, req, all_ids, params, chat=False)
+        return await _respond(request, req, choices, chat=False)
 
-    async def _respond(
-        request: Request, req: _Sampling, prompts: list[list[int]], params: list[Any], chat: bool
-    ) -> Response:
+    tokens = TokenText(served.tokenizer)
+
+    async def _respond(request: Request, req: _Sampling, choices: list[_Choice], chat: bool) -> Response:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
@@ -290,8 +324,8 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             return sink
 
         try:
-            for i, (ids, sp) in enumerate(zip(prompts, params, strict=True)):
-                handles.append(served.engine.submit(ids, sp, sink_for(i)))
+            for i, c in enumerate(choices):
+                handles.append(served.engine.submit(c.prompt_ids, c.params, sink_for(i)))
         except EngineError as exc:
             for h in handles:
                 h.cancel()
@@ -300,27 +334,105 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         head = {"id": rid, "created": int(time.time()), "model": served.name}
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
-            gen = _stream(events, handles, head, chat=chat, include_usage=usage, metrics=metrics, started=started)
+            gen = _stream(
+                events, handles, choices, head, tokens, chat=chat, include_usage=usage, metrics=metrics, started=started
+            )
             return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         finished = await _collect(request, events, handles)
         if any(f.reason == "error" for f in finished):
             raise APIError(500, f"generation failed: {next(f.error for f in finished if f.error)}")
         _count(metrics, finished)
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": f.text},
-                "finish_reason": f.reason,
-                "logprobs": None,
-            }
-            if chat
-            else {"index": i, "text": f.text, "finish_reason": f.reason, "logprobs": None}
-            for i, f in enumerate(finished)
-        ]
+        out = []
+        for i, (c, f) in enumerate(zip(choices, finished, strict=True)):
+            fmt = _Logprobs(tokens)
+            if chat:
+                content = {"content": fmt.chat(f.logprobs), "refusal": None} if c.params.logprobs is not None else None
+                message = {"role": "assistant", "content": f.text}
+                out.append({"index": i, "message": message, "finish_reason": f.reason, "logprobs": content})
+                continue
+            text, lps = f.text, None
+            if c.echo is not None:
+                text = c.echo + f.text
+                if f.prompt_logprobs is not None:
+                    lps = fmt.completion(c.prompt_ids, f.prompt_logprobs)
+                fmt.restart(len(c.echo))
+            if c.params.logprobs is not None:
+                lps = _join(lps, fmt.completion([t.token for t in f.logprobs], f.logprobs))
+            out.append({"index": i, "text": text, "finish_reason": f.reason, "logprobs": lps})
         obj = "chat.completion" if chat else "text_completion"
-        return JSONResponse({**head, "object": obj, "choices": choices, "usage": _usage(finished, chat)})
+        return JSONResponse({**head, "object": obj, "choices": out, "usage": _usage(finished, chat)})
 
     return app
+
+
+@dataclasses.dataclass(frozen=True)
+class _Choice:
+    """One sequence of a request: its prompt, how to sample it, and the prompt text it echoes (completions)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    echo: str | None = None
+
+
+def _echo_text(served: ServedModel, prompt: str | list[int]) -> str:
+    """The prompt as `echo` returns it: the text sent, or the text of the token ids sent."""
+    if isinstance(prompt, str):
+        return prompt
+    return str(served.tokenizer.decode(prompt, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+def _finite(logprob: float) -> float:
+    """OpenAI's -9999.0 for a token the model cannot produce (JSON has no -Infinity)."""
+    return logprob if math.isfinite(logprob) else -9999.0
+
+
+class _Logprobs:
+    """One choice's logprobs in OpenAI's shapes: chat's `content[]` and completions' parallel lists, whose
+    `text_offset` is each token's character offset in the choice's `text`."""
+
+    def __init__(self, tokens: TokenText) -> None:
+        self.tokens = tokens
+        self.restart(0)
+
+    def restart(self, offset: int) -> None:
+        """Count offsets on from `offset` (the length of the echoed prompt, once its tokens are done)."""
+        self.offset = offset
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def _entry(self, token: int, logprob: float) -> dict[str, Any]:
+        t = self.tokens
+        return {"token": t.string(token), "logprob": _finite(logprob), "bytes": list(t.token_bytes(token))}
+
+    def chat(self, items: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+        """`choices[].logprobs.content` (the top alternatives sorted, most likely first)."""
+        return [
+            {**self._entry(it.token, it.logprob), "top_logprobs": [self._entry(t, lp) for t, lp in it.top]}
+            for it in items
+        ]
+
+    def completion(
+        self, token_ids: Sequence[int], items: Sequence[TokenLogprob | None] | PromptLogprobs
+    ) -> dict[str, list[Any]]:
+        """`choices[].logprobs` of completions; a token's `top_logprobs` holds the top alternatives and itself."""
+        out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for token, item in zip(token_ids, items, strict=True):
+            out["tokens"].append(self.tokens.string(token))
+            out["text_offset"].append(self.offset)
+            self.offset += len(self._utf8.decode(self.tokens.text_bytes(token)))
+            if item is None:
+                out["token_logprobs"].append(None)
+                out["top_logprobs"].append(None)
+                continue
+            top: dict[str, float] = {}
+            for t, lp in (*item.top, (item.token, item.logprob)):
+                top.setdefault(self.tokens.string(t), _finite(lp))
+            out["token_logprobs"].append(_finite(item.logprob))
+            out["top_logprobs"].append(top)
+        return out
+
+
+def _join(a: dict[str, list[Any]] | None, b: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return b if a is None else {k: a[k] + b[k] for k in a}
 
 
 def _per_choice(params: SamplingParams, n: int) -> list[SamplingParams]:
@@ -375,39 +487,57 @@ async def _collect(
 async def _stream(
     events: asyncio.Queue[tuple[int, Event]],
     handles: list[RequestHandle],
+    choices: list[_Choice],
     head: dict[str, Any],
+    tokens: TokenText,
     *,
     chat: bool,
     include_usage: bool,
     metrics: _Metrics,
     started: float,
 ) -> AsyncIterator[str]:
-    """SSE chunks in OpenAI's format, then `[DONE]`; if the client goes away, the sequences are cancelled."""
+    """SSE chunks in OpenAI's format, each with the logprobs of its tokens when asked for, then `[DONE]`; if the
+    client goes away, the sequences are cancelled."""
     obj = "chat.completion.chunk" if chat else "text_completion"
     first = True
     finished: dict[int, Finished] = {}
+    fmts = [_Logprobs(tokens) for _ in choices]
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
         return f"data: {json.dumps({**head, 'object': obj, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
 
-    def choice(i: int, text: str | None, reason: str | None) -> dict[str, Any]:
+    def choice(i: int, text: str | None, reason: str | None, lps: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
+        want = choices[i].params.logprobs is not None
         if chat:
             delta = {} if text is None else {"content": text}
-            return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None}
-        return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": None}
+            content = {"content": fmts[i].chat(lps), "refusal": None} if want and lps else None
+            return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": content}
+        logprobs = fmts[i].completion([t.token for t in lps], lps) if want and lps else None
+        return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": logprobs}
+
+    def echo(i: int, prompt_logprobs: PromptLogprobs | None) -> str:
+        c = choices[i]
+        lps = fmts[i].completion(c.prompt_ids, prompt_logprobs) if prompt_logprobs is not None else None
+        fmts[i].restart(len(c.echo or ""))
+        return chunk([{"index": i, "text": c.echo, "finish_reason": None, "logprobs": lps}])
 
     try:
         if chat:
             yield chunk(
                 [{**choice(i, "", None), "delta": {"role": "assistant", "content": ""}} for i in range(len(handles))]
             )
+        for i, c in enumerate(choices):  # an echo without prompt logprobs needs nothing from the model
+            if c.echo is not None and c.params.prompt_logprobs is None:
+                yield echo(i, None)
         while len(finished) < len(handles):
             i, ev = await events.get()
-            if isinstance(ev, Delta):
+            if isinstance(ev, Delta) and ev.prompt_logprobs is not None:
+                yield echo(i, ev.prompt_logprobs)
+            elif isinstance(ev, Delta):
                 if first:
                     metrics.ttft.observe(time.perf_counter() - started)
                     first = False
-                yield chunk([choice(i, ev.text, None)])
+                yield chunk([choice(i, ev.text, None, ev.logprobs)])
             else:
                 finished[i] = ev
                 reason = "stop" if ev.reason in ("stop", "error", "cancelled") else ev.reason

@@ -11,6 +11,9 @@ Continuous batching on a Hugging Face causal LM with its KV cache, in a page:
   the start of a stop string.
 - A sequence leaves the batch when it hits EOS, a stop string, its `max_tokens`, or is cancelled (a client gone);
   its rows are dropped from the cache and padding no sequence needs any more is trimmed.
+- Logprobs come from the same forward passes: the log-softmax of the logits each step samples from, and, for a
+  request that wants its prompt's logprobs (`echo`), the output layer applied to every prompt position of the
+  prefill's last hidden states, a slice of positions at a time so that a long prompt never holds all its logits.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ class EngineError(HuarizoError):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one sequence is generated. `temperature == 0` is greedy decoding."""
+    """How one sequence is generated. `temperature == 0` is greedy decoding; `max_tokens == 0` only reads the
+    prompt (for its logprobs). `logprobs=k` reports each generated token's logprob and the k most likely tokens at
+    its position (0: the token's alone); `prompt_logprobs=k` does the same for the prompt's tokens. Logprobs are
+    those of the model's distribution, before temperature, top-p, penalties and logit bias."""
 
     max_tokens: int = 256
     temperature: float = 1.0
@@ -41,39 +47,63 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token, its logprob, and the most likely tokens at its position (`(token, logprob)`, most likely first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+PromptLogprobs = tuple[TokenLogprob | None, ...]
+"""One entry per prompt token; the first is None (nothing predicts it)."""
 
 
 @dataclass(frozen=True)
 class Delta:
-    """New text of a sequence (`tokens` tokens were generated since the previous event)."""
+    """New text of a sequence (`tokens` tokens were generated since the previous event), with the logprobs of those
+    tokens when asked for; a sequence that wants its prompt's logprobs first gets a Delta holding only them."""
 
     text: str
     tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 @dataclass(frozen=True)
 class Finished:
-    """A sequence is done: why (`stop`, `length`, `cancelled`, `error`), its full text and token counts."""
+    """A sequence is done: why (`stop`, `length`, `cancelled`, `error`), its full text and token counts, and the
+    logprobs of every generated token (the one that ended it included) and of the prompt when asked for."""
 
     reason: str
     text: str
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 Event = Delta | Finished
 Sink = Callable[[Event], None]
 
 
-def stop_holdback(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of `text` could be the start of a stop string (so must not be sent yet)."""
+def stop_holdback(text: str, stops: Sequence[str], start: int = 0) -> int:
+    """How many trailing characters of `text[start:]` could be the start of a stop string (so must not be sent yet)."""
     best = 0
     for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
+        first = len(text) - min(len(s) - 1, len(text) - start)
+        j = text.find(s[0], first) if s else -1
+        while j != -1 and len(text) - j > best:
+            if s.startswith(text[j:]):  # the leftmost match is the longest suffix for this stop
+                best = len(text) - j
                 break
+            j = text.find(s[0], j + 1)
     return best
 
 
@@ -84,19 +114,21 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
 
 
 class TextTracker:
-    """Turns a growing list of token ids into safe text deltas, applying stop strings.
+    """Turns a growing list of token ids into safe text deltas, applying stop strings to the decoded text.
 
-    Text is decoded together with a few prompt tokens and that prefix is cut off again, so tokenizers that drop a
-    leading space at the start of a decode still give the right text; an incomplete UTF-8 character (U+FFFD at the
-    end) and a possible stop-string prefix are held back until the next token decides them.
+    Stop strings are matched on the text, whatever tokens carry it: a stop `"\\n"` ends the answer inside a token
+    `"\\n\\n"` or `"Paris.\\n"` too. Decoding is incremental (each token decodes a window that starts a few
+    tokens back, so tokenizers that drop a leading space at the start of a decode still give the right text); an
+    incomplete UTF-8 character waits for the token that completes it, and the text that could still become a stop
+    string is held back until the next token decides it.
     """
 
     def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], stops: Sequence[str]) -> None:
         self.tokenizer = tokenizer
-        self.prefix = list(prompt_ids[-4:])
-        self.prefix_text = self._decode(self.prefix)
         self.stops = [s for s in stops if s]
-        self.ids: list[int] = []
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.ids = list(prompt_ids[-4:])  # a little context: the first generated token decodes as inside the text
+        self.prefix_offset, self.read_offset = 0, len(self.ids)
         self.text = ""
         self.sent = 0
         self.stopped = False
@@ -104,27 +136,35 @@ class TextTracker:
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
+    def _extend(self, final: bool) -> None:
+        """Append the text decoded since the last complete character; apply the stops to it."""
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
+        if len(full) <= len(prefix) or (full.endswith("\ufffd") and not final):
+            return  # nothing new yet, or half a character: the next token completes it
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        start = max(self.sent, len(self.text) - self.longest + 1)
+        self.text += full[len(prefix) :]
+        hit = find_stop(self.text, self.stops, start)
+        if hit >= 0:
+            self.stopped = True
+            self.text = self.text[:hit]
+
     def add(self, token_id: int) -> str:
         """Append a token; returns the text that is now safe to send (sets `stopped` on a stop string)."""
         self.ids.append(token_id)
-        full = self._decode(self.prefix + self.ids)
-        text = full[len(self.prefix_text) :] if full.startswith(self.prefix_text) else self._decode(self.ids)
-        longest = max((len(s) for s in self.stops), default=0)
-        hit = find_stop(text, self.stops, max(0, self.sent - longest))
-        if hit >= 0:
-            self.stopped = True
-            self.text = text[:hit]
+        self._extend(final=False)
+        if self.stopped:
             return self.flush()
-        self.text = text
-        safe = len(text) - stop_holdback(text, self.stops)
-        while safe > self.sent and text[safe - 1] == "\ufffd":
-            safe -= 1
-        out = text[self.sent : max(safe, self.sent)]
+        safe = len(self.text) - stop_holdback(self.text, self.stops, self.sent)
+        out = self.text[self.sent : max(safe, self.sent)]
         self.sent += len(out)
         return out
 
     def flush(self) -> str:
-        """Everything not sent yet (at the end of a sequence)."""
+        """Everything not sent yet, an incomplete last character included (at the end of a sequence)."""
+        if not self.stopped and self.read_offset < len(self.ids):
+            self._extend(final=True)
         out = self.text[self.sent :]
         self.sent = len(self.text)
         return out
@@ -142,6 +182,9 @@ class _Seq:
     generated: int = 0
     unsent_tokens: int = 0
     done: bool = False
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: PromptLogprobs | None = None
     submitted: float = field(default_factory=time.perf_counter)
 
     @property
@@ -207,6 +250,8 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renamed it
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.prompt_logprobs_supported = self._head_matches()
         self.stats = EngineStats()
         self._queue: queue.Queue[_Seq | None] = queue.Queue()
         self._closed = False
@@ -221,6 +266,8 @@ class Engine:
             raise EngineError("the engine is closed")
         if not prompt_ids:
             raise EngineError("the prompt is empty")
+        if params.prompt_logprobs is not None and not self.prompt_logprobs_supported:
+            raise EngineError("prompt logprobs (echo) are not supported for this model's output layer")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise EngineError(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's context "
@@ -259,6 +306,27 @@ class Engine:
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=30)
+
+    def _head_matches(self) -> bool:
+        """Whether the decoder's hidden states through `_head` give the model's own logits (prompt logprobs need it;
+        true for Llama, Gemma and the like, checked rather than assumed)."""
+        torch = self.torch
+        ids = torch.arange(1, 5, device=self.device)[None] % self.vocab_size
+        try:
+            with torch.inference_mode():
+                want = self.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+                hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+                got = self._head(hidden[:, -1:]).float()[:, -1]
+        except Exception:  # a model without get_decoder or last_hidden_state
+            return False
+        return bool(torch.allclose(got, want, rtol=1e-3, atol=1e-3))
+
+    def _head(self, hidden: Any) -> Any:
+        """Logits from the decoder's last hidden states, as the model's forward computes them."""
+        logits = self.model.get_output_embeddings()(hidden)
+        text_config = getattr(self.model.config, "get_text_config", lambda: self.model.config)()
+        cap = getattr(text_config, "final_logit_softcapping", None)
+        return logits if not cap else self.torch.tanh(logits / cap) * cap
 
     # ---- the scheduler ------------------------------------------------------------------------------------------
 
@@ -325,17 +393,46 @@ class Engine:
             self.stats.prompt_tokens += len(s.prompt_ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
+        inputs = {
+            "input_ids": ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "position_ids": positions.to(self.device),
+            "use_cache": True,
+            self._cache_kw: cache,
+        }
         with torch.inference_mode():
-            out = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device),
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kw: cache},
-            )
-        self._sample(seqs, out.logits[:, -1, :])
+            if any(s.params.prompt_logprobs is not None for s in seqs):
+                # every prompt position's hidden state; the output layer runs on them a slice at a time
+                hidden = self.model.get_decoder()(**inputs).last_hidden_state
+                last = self._head(hidden[:, -1, :])
+                for i, s in enumerate(seqs):
+                    if s.params.prompt_logprobs is not None:
+                        rows = hidden[i, width - len(s.prompt_ids) : width - 1]
+                        s.prompt_logprobs = self._prompt_logprobs(rows, s.prompt_ids[1:], s.params.prompt_logprobs)
+                        s.sink(Delta("", 0, prompt_logprobs=s.prompt_logprobs))
+            else:
+                last = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
+        rows = [i for i, s in enumerate(seqs) if s.params.max_tokens > 0]
+        for s in seqs:
+            if s.params.max_tokens == 0:
+                self._finish(s, "length")
+        if rows:
+            self._sample([seqs[i] for i in rows], last[rows])
         return cache, mask.to(self.device)
+
+    def _prompt_logprobs(self, hidden: Any, targets: list[int], k: int) -> PromptLogprobs:
+        """Logprobs of `targets[j]` (and the top k) from the hidden state of the position before it."""
+        torch = self.torch
+        out: list[TokenLogprob | None] = [None]
+        step = max(1, 2**24 // self.vocab_size)  # at most ~64 MB of float32 logits at a time
+        with torch.inference_mode():
+            for a in range(0, len(targets), step):
+                lp = torch.log_softmax(self._head(hidden[a : a + step]).float(), -1)
+                chunk = targets[a : a + step]
+                chosen = lp.gather(1, torch.tensor(chunk, device=lp.device)[:, None])[:, 0].tolist()
+                top = _topk(lp, k)
+                out += [TokenLogprob(t, c, top[j]) for j, (t, c) in enumerate(zip(chunk, chosen, strict=True))]
+        return tuple(out)
 
     def _decode(self, seqs: list[_Seq], cache: Any, mask: Any) -> tuple[Any, Any]:
         torch = self.torch
@@ -356,6 +453,7 @@ class Engine:
         torch = self.torch
         logits = logits.float()
         greedy = logits.argmax(-1).tolist()
+        tokens = []
         for i, s in enumerate(seqs):
             p = s.params
             if p.temperature > 0:
@@ -364,15 +462,28 @@ class Engine:
                     sorted_p, order = probs.sort(descending=True)
                     keep = sorted_p.cumsum(-1) - sorted_p < p.top_p
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-                token = int(torch.multinomial(probs.cpu(), 1, generator=s.generator))
+                tokens.append(int(torch.multinomial(probs.cpu(), 1, generator=s.generator)))
             else:
-                token = greedy[i]
-            self._accept(s, token)
+                tokens.append(greedy[i])
+        logprobs: list[TokenLogprob | None] = [None] * len(seqs)
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        if want:  # one log-softmax and one top-k for the rows that asked
+            lp = torch.log_softmax(logits[want], -1)
+            chosen = lp.gather(1, torch.tensor([[tokens[i]] for i in want], device=lp.device))[:, 0].tolist()
+            top = _topk(lp, max(seqs[i].params.logprobs or 0 for i in want))
+            for j, i in enumerate(want):
+                k = seqs[i].params.logprobs or 0
+                logprobs[i] = TokenLogprob(tokens[i], chosen[j], top[j][:k])
+        for s, token, logprob in zip(seqs, tokens, logprobs, strict=True):
+            self._accept(s, token, logprob)
 
-    def _accept(self, s: _Seq, token: int) -> None:
+    def _accept(self, s: _Seq, token: int, logprob: TokenLogprob | None) -> None:
         s.last_token = token
         s.generated += 1
         self.stats.completion_tokens += 1
+        if logprob is not None:
+            s.logprobs.append(logprob)
+            s.unsent_logprobs.append(logprob)
         if token in s.params.stop_token_ids or (token in self.eos_ids and not s.params.ignore_eos):
             self._finish(s, "stop", s.tracker.flush())
             return
@@ -383,16 +494,18 @@ class Engine:
         elif s.generated >= s.params.max_tokens:
             self._finish(s, "length", text + s.tracker.flush())
         elif text:
-            s.sink(Delta(text, s.unsent_tokens))
+            s.sink(Delta(text, s.unsent_tokens, tuple(s.unsent_logprobs)))
             s.unsent_tokens = 0
+            s.unsent_logprobs.clear()
 
     def _finish(self, s: _Seq, reason: str, last: str = "", error: str | None = None) -> None:
         if s.done:
             return
         s.done = True
-        if reason != "cancelled" and last:
-            s.sink(Delta(last, s.unsent_tokens))
-        s.sink(Finished(reason, s.tracker.text, len(s.prompt_ids), s.generated, error))
+        if reason != "cancelled" and (last or s.unsent_logprobs):
+            s.sink(Delta(last, s.unsent_tokens, tuple(s.unsent_logprobs)))
+        lps = tuple(s.logprobs)
+        s.sink(Finished(reason, s.tracker.text, len(s.prompt_ids), s.generated, error, lps, s.prompt_logprobs))
 
     def _evict(self, running: list[_Seq], cache: Any, mask: Any) -> tuple[list[_Seq], Any, Any]:
         for s in running:
@@ -438,3 +551,11 @@ class Engine:
         a, b = width - mask.shape[1], width - new_mask.shape[1]
         mask = torch.cat([torch.nn.functional.pad(mask, (a, 0)), torch.nn.functional.pad(new_mask, (b, 0))], dim=0)
         return cache, mask
+
+
+def _topk(logprobs: Any, k: int) -> list[tuple[tuple[int, float], ...]]:
+    """The k most likely `(token, logprob)` of each row, most likely first."""
+    if k <= 0:
+        return [()] * logprobs.shape[0]
+    values, index = logprobs.topk(min(k, logprobs.shape[-1]), -1)
+    return [tuple(zip(i, v, strict=True)) for i, v in zip(index.tolist(), values.tolist(), strict=True)]

@@ -21,11 +21,12 @@ def default_model_name(ref: str) -> str:
 
 
 def split_stops(tokenizer: Any, stops: Sequence[str]) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Split stop strings into text stops and special-token ids (special tokens are never in decoded text)."""
-    added = tokenizer.get_added_vocab()
-    texts = tuple(dict.fromkeys(s for s in stops if s and s not in added))
-    ids = tuple(dict.fromkeys(int(added[s]) for s in stops if s in added))
-    return texts, ids
+    """Stop strings to match on the decoded text (all of them, whatever tokens carry their text: Gemma's `"\\n"`,
+    `"\\n\\n"` and runs of spaces are added tokens), and the ids of the special tokens among them: special tokens
+    are never in the decoded text, so those also stop by id."""
+    special = {tok.content: int(i) for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
+    texts = tuple(dict.fromkeys(s for s in stops if s))
+    return texts, tuple(special[s] for s in texts if s in special)
 
 
 @dataclass
