@@ -36,7 +36,8 @@ NEWLINE_TOKENS = ["\n", "\n\n", "\n\n\n", "  ", "    "]
 
 @pytest.fixture(scope="session")
 def newline_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama whose tokenizer has `"\\n"`, `"\\n\\n"` and runs of spaces as added tokens (like Gemma's)."""
+    """A tiny random Llama whose tokenizer has `"\\n"`, `"\\n\\n"` and runs of spaces as added tokens (like Gemma's);
+    its weights are scaled up so that greedy answers vary (newlines included) instead of repeating one token."""
     import torch
     from tokenizers import AddedToken
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -58,8 +59,12 @@ def newline_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(1)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    torch.manual_seed(5)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -70,3 +75,11 @@ def newline_tokenizer(newline_model_dir: Path):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(newline_model_dir)
+
+
+@pytest.fixture(scope="session")
+def newline_server(newline_model_dir: Path) -> Iterator[RunningServer]:
+    """`newline_model_dir` behind `huarizo serve` (float32: compared with direct forward passes to 1e-4)."""
+    cfg = ServeConfig(model=str(newline_model_dir), port=0, model_name="nl", dtype="float32")
+    with start_server(cfg) as running:
+        yield running

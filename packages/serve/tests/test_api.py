@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -284,3 +285,94 @@ def test_stop_strings_are_bounded(server: RunningServer) -> None:
         r = httpx.post(url, json={"prompt": "Hi", "max_tokens": 2, "stop": stop})
         assert r.status_code == 400 and r.json()["error"]["param"] == "stop", r.text
         assert r.json()["error"]["message"].startswith("stop: ")
+
+
+def _greedy_direct(server: RunningServer, ids: list[int], n: int, adjust: Any) -> str:
+    """n greedy tokens from the served model's own forward pass, `adjust(logits, generated)` applied each step."""
+    import torch
+
+    model, tok = server.served.engine.model, server.served.tokenizer
+    out: list[int] = []
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + out])).logits[0, -1].float()
+        out.append(int(adjust(logits, out).argmax()))
+    return str(tok.decode(out, skip_special_tokens=True))
+
+
+def test_penalties_follow_openais_formula(server: RunningServer) -> None:
+    """frequency and presence penalties lower the logits of generated tokens (count x f + p), also when greedy (the
+    tiny model, which repeats one token, then writes others)."""
+    from collections import Counter
+
+    tok = server.served.tokenizer
+    prompt = "Write a short poem about the sea."
+
+    def penalise(logits: Any, out: list[int]) -> Any:
+        for t, c in Counter(out).items():
+            logits[t] -= 1.5 * c + 0.5
+        return logits
+
+    want = _greedy_direct(server, tok.encode(prompt), 16, penalise)
+    plain = _greedy_direct(server, tok.encode(prompt), 16, lambda logits, out: logits)
+    c = _client(server)
+    kw: dict[str, Any] = {"model": "tiny-test", "prompt": prompt, "max_tokens": 16, "temperature": 0}
+    r = c.completions.create(**kw, frequency_penalty=1.5, presence_penalty=0.5, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == want != plain
+
+
+def test_logit_bias_and_top_k(newline_server: RunningServer) -> None:
+    tok = newline_server.served.tokenizer
+    c = _client(newline_server)
+    kw: dict[str, Any] = {
+        "model": "nl",
+        "prompt": "Name a colour.",
+        "max_tokens": 6,
+        "extra_body": {"ignore_eos": True},
+    }
+    greedy = c.completions.create(**kw, temperature=0).choices[0].text
+    first = tok.encode(greedy, add_special_tokens=False)[0]
+    banned = c.completions.create(**kw, temperature=0, logit_bias={str(first): -100}).choices[0].text
+    assert not banned.startswith(tok.decode([first]))
+    forced = c.completions.create(**kw, temperature=0, logit_bias={"300": 100}).choices[0].text
+    assert forced == tok.decode([300] * 6)
+    # top_k=1 leaves one token to sample from: the greedy answer, whatever the temperature
+    sampled = c.completions.create(**{**kw, "extra_body": {"ignore_eos": True, "top_k": 1}}, temperature=1.5)
+    assert sampled.choices[0].text == greedy
+    for bias in ({"abc": 1}, {"999999": 1}, {"5": 101}):
+        r = httpx.post(f"{newline_server.base_url}/completions", json={"prompt": "x", "logit_bias": bias})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias", r.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_newline_stop_inside_an_added_token(newline_server: RunningServer, stream: bool) -> None:
+    """The issue's repro: the first token is the added token "\\n\\n" and stop=["\\n"]: the answer is "" with "stop"."""
+    tok = newline_server.served.tokenizer
+    nn = tok.convert_tokens_to_ids("\n\n")
+    assert nn in tok.get_added_vocab().values()
+    c = _client(newline_server)
+    kw: dict[str, Any] = {
+        "model": "nl",
+        "prompt": "Question: What is the capital of France?\nAnswer:",
+        "max_tokens": 12,
+        "temperature": 0,
+        "logit_bias": {str(nn): 30},  # the model now starts with "\n\n" (and writes more afterwards)
+    }
+    unstopped = c.completions.create(**kw).choices[0]
+    assert unstopped.text.startswith("\n\n") and unstopped.finish_reason == "length"
+    if stream:
+        chunks = [ch.choices[0] for ch in c.completions.create(**kw, stop=["\n"], stream=True) if ch.choices]
+        text, reason = "".join(ch.text for ch in chunks), chunks[-1].finish_reason
+    else:
+        r = c.completions.create(**kw, stop=["\n"])
+        text, reason = r.choices[0].text, r.choices[0].finish_reason
+    assert (text, reason) == ("", "stop")
+    chat = c.chat.completions.create(
+        model="nl",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=12,
+        temperature=0,
+        stop=["\n"],
+        logit_bias={str(nn): 30},
+    )
+    assert (chat.choices[0].message.content, chat.choices[0].finish_reason) == ("", "stop")

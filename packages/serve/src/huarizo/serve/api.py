@@ -43,6 +43,8 @@ MAX_STOP_CHARS = 512
 """Characters of one stop string."""
 MAX_LOGPROBS = 20
 """The most alternatives per position (`top_logprobs` of chat, `logprobs` of completions), as OpenAI allows."""
+MAX_LOGIT_BIAS = 1024
+"""Entries of `logit_bias` (OpenAI allows 300)."""
 
 # ---- request bodies -------------------------------------------------------------------------------------------------
 
@@ -54,6 +56,10 @@ class _Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)  # vLLM's extension; -1 or 0: off
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -257,10 +263,25 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             max_tokens=min(cfg.default_max_tokens, room) if max_tokens is None else max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
+            top_k=max(req.top_k, 0),
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            logit_bias=logit_bias(req.logit_bias or {}),
             seed=req.seed,
             ignore_eos=req.ignore_eos,
             **kw,
         )
+
+    def logit_bias(bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
+        vocab = served.vocab_size
+        try:
+            out = tuple((int(k), float(v)) for k, v in bias.items())
+        except ValueError:
+            raise APIError(400, "logit_bias: keys are token ids (as strings)", param="logit_bias") from None
+        if any(not 0 <= t < vocab or not -100 <= v <= 100 for t, v in out):
+            msg = f"logit_bias: token ids must be in [0, {vocab}) and biases in [-100, 100]"
+            raise APIError(400, msg, param="logit_bias")
+        return out
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -36,13 +36,20 @@ class EngineError(HuarizoError):
 @dataclass(frozen=True)
 class SamplingParams:
     """How one sequence is generated. `temperature == 0` is greedy decoding; `max_tokens == 0` only reads the
-    prompt (for its logprobs). `logprobs=k` reports each generated token's logprob and the k most likely tokens at
-    its position (0: the token's alone); `prompt_logprobs=k` does the same for the prompt's tokens. Logprobs are
-    those of the model's distribution, before temperature, top-p, penalties and logit bias."""
+    prompt (for its logprobs). `logit_bias` adds to chosen tokens' logits; `presence_penalty` and
+    `frequency_penalty` lower the logits of tokens already generated (once, and per occurrence), as OpenAI defines
+    them; `top_k` (0: off) keeps the k most likely tokens. `logprobs=k` reports each generated token's logprob and
+    the k most likely tokens at its position (0: the token's alone); `prompt_logprobs=k` does the same for the
+    prompt's tokens. Logprobs are those of the model's distribution, before temperature, top-k, top-p, penalties and
+    logit bias."""
 
     max_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
@@ -182,6 +189,7 @@ class _Seq:
     generated: int = 0
     unsent_tokens: int = 0
     done: bool = False
+    counts: dict[int, int] = field(default_factory=dict)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: PromptLogprobs | None = None
@@ -456,15 +464,18 @@ class Engine:
         tokens = []
         for i, s in enumerate(seqs):
             p = s.params
+            row = self._adjust(logits[i], s)
             if p.temperature > 0:
-                probs = torch.softmax(logits[i] / p.temperature, -1)
+                if 0 < p.top_k < row.shape[-1]:
+                    row = row.masked_fill(row < row.topk(p.top_k).values[-1], float("-inf"))
+                probs = torch.softmax(row / p.temperature, -1)
                 if p.top_p < 1.0:
                     sorted_p, order = probs.sort(descending=True)
                     keep = sorted_p.cumsum(-1) - sorted_p < p.top_p
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
                 tokens.append(int(torch.multinomial(probs.cpu(), 1, generator=s.generator)))
             else:
-                tokens.append(greedy[i])
+                tokens.append(greedy[i] if row is logits[i] else int(row.argmax()))
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         if want:  # one log-softmax and one top-k for the rows that asked
@@ -477,9 +488,23 @@ class Engine:
         for s, token, logprob in zip(seqs, tokens, logprobs, strict=True):
             self._accept(s, token, logprob)
 
+    def _adjust(self, row: Any, s: _Seq) -> Any:
+        """The row of logits with the sequence's logit bias and penalties applied (the same row when it has none)."""
+        p, torch = s.params, self.torch
+        if p.logit_bias:
+            ids, bias = zip(*p.logit_bias, strict=True)
+            row = row.index_add(0, torch.tensor(ids, device=row.device), torch.tensor(bias, device=row.device))
+        if s.counts and (p.presence_penalty or p.frequency_penalty):
+            ids = torch.tensor(list(s.counts), device=row.device)
+            counts = torch.tensor(list(s.counts.values()), dtype=row.dtype, device=row.device)
+            row = row.index_add(0, ids, -(p.frequency_penalty * counts + p.presence_penalty))
+        return row
+
     def _accept(self, s: _Seq, token: int, logprob: TokenLogprob | None) -> None:
         s.last_token = token
         s.generated += 1
+        if s.params.presence_penalty or s.params.frequency_penalty:
+            s.counts[token] = s.counts.get(token, 0) + 1
         self.stats.completion_tokens += 1
         if logprob is not None:
             s.logprobs.append(logprob)
