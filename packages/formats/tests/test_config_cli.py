@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -68,15 +69,70 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_render_highlights_trained_text(shared_data: Path) -> None:
-    res = run("render", str(shared_data / "fastchat/dummy_conversation.json"), "--template", "vicuna_v1.1", "-n", "1")
+    data = shared_data / "fastchat/dummy_conversation.json"
+    res = run("render", str(data), "--template", "vicuna_v1.1", "-n", "1", "--show-trained")
     assert res.returncode == 0, res.stderr
-    assert "USER: Who are you? ASSISTANT:⟦ I am Vicuna" in res.stdout.replace("\n", " ")
+    assert "USER: Who are you? ASSISTANT:⟦ I am Vicuna" in res.stdout
     assert "⟦ You too!</s>⟧" in res.stdout
+
+
+def _expected_plain(path: Path, template: str) -> str:
+    from huarizo.formats import get_template, load, to_conversations
+
+    convs = [c for r in load(path) for c in to_conversations(r)]
+    t = get_template(template)
+    return "".join(
+        f"--- record {k} ({c.id}) ---\n" + "".join(s.text for s in t.render(c)) + "\n" for k, c in enumerate(convs)
+    )
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1.1", "chatml"])
+def test_render_piped_is_the_python_apis_text_unwrapped(shared_data: Path, template: str) -> None:
+    """Piped, `render` prints every record exactly as `template.render` joins it: 500/500 ShareGPT conversations
+    (it used to wrap lines at 80 columns)."""
+    data = shared_data / "fastchat/dummy_conversation.json"
+    res = run("render", str(data), "--template", template, "-n", "500")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == _expected_plain(data, template)
+
+
+def test_render_plain_in_a_terminal(shared_data: Path, tmp_path: Path) -> None:
+    """In a terminal `render` colours and wraps; `--plain` prints the same plain text as a pipe gets."""
+    import os
+    import pty
+
+    data = tmp_path / "few.json"
+    data.write_text(json.dumps(json.loads((shared_data / "fastchat/dummy_conversation.json").read_text())[:5]))
+
+    def in_terminal(*extra: str) -> str:
+        main, child = pty.openpty()
+        code = "import sys; from huarizo.formats.cli import main; sys.exit(main())"
+        cmd = [sys.executable, "-c", code, "render", str(data), "--template", "vicuna_v1.1", "-n", "5", *extra]
+        proc = subprocess.Popen(cmd, stdout=child, stderr=subprocess.PIPE, env=os.environ | {"COLUMNS": "80"})
+        os.close(child)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(main)
+        assert proc.wait(timeout=120) == 0
+        return b"".join(chunks).decode().replace("\r\n", "\n")
+
+    expected = _expected_plain(data, "vicuna_v1.1")
+    assert in_terminal("--plain") == expected
+    assert in_terminal() != expected  # rich: rules and colours
 
 
 def test_render_with_a_tokenizer_counts_trained_tokens(shared_data: Path, tiny_model_dir: Path) -> None:
     data = shared_data / "alpaca_format_samples/llamafactory_alpaca_en_demo.json"
-    res = run("render", str(data), "--template", "alpaca", "--tokenizer", str(tiny_model_dir), "-n", "2")
+    res = run(
+        "render", str(data), "--template", "alpaca", "--tokenizer", str(tiny_model_dir), "-n", "2", "--show-trained"
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("trained]") == 2 and "### Response:⟦" in res.stdout
 

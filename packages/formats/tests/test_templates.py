@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from huarizo.formats import Conversation, Message, TemplateError, get_template, list_templates
-from huarizo.formats.templates import ChatTemplate, template_for_tokenizer
+from huarizo.formats import (
+    IGNORE_INDEX,
+    Conversation,
+    Message,
+    TemplateError,
+    get_template,
+    list_templates,
+    load,
+    to_conversations,
+    tokenize_conversations,
+)
+from huarizo.formats.templates import (
+    ChatTemplate,
+    chat_messages,
+    chat_template_for,
+    end_of_turn_ids,
+    template_for_tokenizer,
+)
 
 ALPACA_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -58,37 +76,113 @@ def test_vicuna_v11_layout() -> None:
 
 def test_chatml_and_llama2() -> None:
     conv = chat("Hi", "Yo", "Again", "Sure", system="S")
-    assert joined(get_template("chatml").render(conv)) == (
+    segs = get_template("chatml").render(conv)
+    assert joined(segs) == (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n"
-        "<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\nSure<|im_end|>"
+        "<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\nSure<|im_end|>\n"
     )
+    assert [s.text for s in segs if s.trainable] == ["Yo<|im_end|>", "Sure<|im_end|>"]  # the newline is not trained
     assert joined(get_template("llama-2").render(conv, eos="</s>", bos="<s>")) == (
         "[INST] <<SYS>>\nS\n<</SYS>>\n\nHi [/INST] Yo </s><s>[INST] Again [/INST] Sure </s>"
     )
     assert get_template("chatml").stop_strings()[0] == "<|im_end|>"
 
 
-@pytest.mark.parametrize("name", ["alpaca", "vicuna_v1.1", "chatml", "llama-2"])
+REGISTRY = ["alpaca", "vicuna_v1.1", "chatml", "qwen2", "llama-2"]
+
+
+@pytest.mark.parametrize("name", REGISTRY)
 def test_generation_prompt_is_the_training_prefix(name: str) -> None:
     t = get_template(name)
     conv = chat("Question one", "Answer one", "Question two", "Answer two")
     segs = t.render(conv)
-    prefix = joined(segs[:-1])
-    assert t.generation_prompt(chat("Question one", "Answer one", "Question two")) == prefix
+    last_answer = max(i for i, s in enumerate(segs) if s.trainable)
+    assert t.generation_prompt(chat("Question one", "Answer one", "Question two")) == joined(segs[:last_answer])
 
 
-@pytest.mark.parametrize("name", ["vicuna_v1.1", "chatml", "llama-2", "alpaca"])
-def test_jinja_export_matches_the_registry(tiny_tokenizer: Any, name: str) -> None:
+@pytest.mark.parametrize("name", REGISTRY)
+@pytest.mark.parametrize("system", [None, "Be kind."])
+def test_jinja_export_matches_the_registry(tiny_tokenizer: Any, name: str, system: str | None) -> None:
+    """transformers renders the exported template as Huarizo renders the layout (with the BOS the tokenizer adds),
+    and marks as assistant tokens exactly the tokens Huarizo trains."""
     t = get_template(name)
     assert isinstance(t, ChatTemplate)
     tok = tiny_tokenizer
-    tok.chat_template = t.to_jinja()
-    conv = chat("Hi there", "Hello", "And now?", system="Be kind.")
-    msgs = [{"role": m.role, "content": m.content} for m in conv.messages]
-    rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert rendered == t.generation_prompt(conv, eos=tok.eos_token, bos=tok.bos_token)
-    assert template_for_tokenizer(tok) is t
-    tok.chat_template = None
+    tok.chat_template = chat_template_for(t, tok)
+    try:
+        for conv in [
+            chat("Hi there", "Hello", "And now?", system=system),
+            chat("Hi there", " Hello\n", "And now?", "Fine.", system=system),
+            chat("Translate.", "hola", input="hello", system=system),
+        ]:
+            msgs = chat_messages(conv)
+            kw = {"eos": tok.eos_token, "bos": tok.bos_token}
+            text = "<s>" + joined(t.render(conv, **kw))
+            if conv.messages[-1].role == "user":
+                prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+                assert prompt == "<s>" + t.generation_prompt(conv, **kw)
+                continue
+            assert tok.apply_chat_template(msgs, tokenize=False) == text
+            out = tok.apply_chat_template(msgs, return_assistant_tokens_mask=True, return_dict=True)
+            (sample,), _ = tokenize_conversations([conv], t, tok, 512)
+            assert out["input_ids"] == sample.input_ids.tolist()
+            assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample.labels]
+        assert template_for_tokenizer(tok) is t
+    finally:
+        tok.chat_template = None
+
+
+def test_every_trained_span_is_a_generation_block() -> None:
+    """TRL refuses a template without `{% generation %}` markers (\"not training-compatible\")."""
+    for name in REGISTRY:
+        t = get_template(name)
+        assert isinstance(t, ChatTemplate)
+        jinja = t.to_jinja()
+        assert jinja.count("{% generation %}") == 1 and jinja.count("{% endgeneration %}") == 1
+
+
+def test_end_of_turn_ids(tiny_tokenizer: Any) -> None:
+    tok = tiny_tokenizer
+    im_end, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id
+    assert end_of_turn_ids(get_template("chatml"), tok) == [im_end, eos]
+    assert end_of_turn_ids(get_template("qwen2"), tok) == [im_end, eos]
+    for name in ("alpaca", "vicuna_v1.1", "llama-2", "mixed"):
+        assert end_of_turn_ids(get_template(name), tok) == [eos]
+
+
+def test_alpaca_stops_at_every_section_header_it_uses() -> None:
+    """A model that writes `### Response:` again has ended its answer; before, only `### Instruction:` stopped it."""
+    t = get_template("alpaca")
+    assert isinstance(t, ChatTemplate)
+    headers = set(re.findall(r"### \w+:", t.user + (t.user_with_input or "") + t.assistant_prefix))
+    assert headers == {"### Instruction:", "### Input:", "### Response:"}
+    assert headers <= set(t.stop_strings(eos="</s>")) and "</s>" in t.stop_strings(eos="</s>")
+
+
+def qwen2_reference() -> str:
+    """Qwen2's chat template as TRL ships it (Qwen2-VL's and Qwen2.5-VL's template: Qwen2's text layout with
+    image slots; "byte-identical" in TRL's own words)."""
+    trl = pytest.importorskip("trl")
+    return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_vl.jinja").read_text()
+
+
+def test_qwen2_and_chatml_are_qwen2s_template_on_real_conversations(shared_data: Path, tiny_tokenizer: Any) -> None:
+    """All 500 ShareGPT conversations: `qwen2` renders them as Qwen2's own template does (default system prompt
+    included), and so does `chatml` when the conversation has a system message; both end with the newline."""
+    convs = [c for r in load(shared_data / "fastchat/dummy_conversation.json") for c in to_conversations(r)]
+    tok = tiny_tokenizer
+    tok.chat_template = qwen2_reference()
+    try:
+        same = {"qwen2": 0, "chatml": 0}
+        for conv in convs:
+            want = tok.apply_chat_template(chat_messages(conv), tokenize=False)
+            same["qwen2"] += joined(get_template("qwen2").render(conv)) == want
+            with_system = Conversation(messages=[Message(role="system", content="Be brief."), *conv.messages])
+            want = tok.apply_chat_template(chat_messages(with_system), tokenize=False)
+            same["chatml"] += joined(get_template("chatml").render(with_system)) == want
+        assert same == {"qwen2": 500, "chatml": 500}
+    finally:
+        tok.chat_template = None
 
 
 def test_hf_template_splits_answers(tiny_tokenizer: Any) -> None:
@@ -124,6 +218,6 @@ def test_unknown_template_lists_the_known_ones() -> None:
     with pytest.raises(TemplateError, match="choose one of") as info:
         get_template("vicuna")
     assert "vicuna_v1.1" in str(info.value)
-    assert {"alpaca", "vicuna_v1.1", "chatml", "llama-2", "hf"} <= set(list_templates())
+    assert {"alpaca", "vicuna_v1.1", "chatml", "qwen2", "llama-2", "hf"} <= set(list_templates())
     with pytest.raises(TemplateError, match="needs a tokenizer"):
         get_template("hf")

@@ -32,7 +32,8 @@ def _assert_loss_falls(rows: list[dict[str, Any]]) -> None:
 
 
 def _assert_serves_alpaca(final: Path) -> None:
-    """The final folder loads with from_pretrained, carries the alpaca template and EOS, and generates."""
+    """The final folder loads with from_pretrained, carries the alpaca template (after the BOS Huarizo trained with)
+    and EOS, and generates."""
     tok = AutoTokenizer.from_pretrained(final)
     model = AutoModelForCausalLM.from_pretrained(final)
     assert template_for_tokenizer(tok).name == "alpaca"
@@ -40,9 +41,10 @@ def _assert_serves_alpaca(final: Path) -> None:
     prompt = tok.apply_chat_template(
         [{"role": "user", "content": conv.messages[0].content}], tokenize=False, add_generation_prompt=True
     )
-    assert prompt == get_template("alpaca").generation_prompt(conv, eos=tok.eos_token, bos=tok.bos_token)
-    assert model.generation_config.eos_token_id == tok.eos_token_id
-    ids = tok(prompt, return_tensors="pt").input_ids
+    alpaca = get_template("alpaca")
+    assert prompt == tok.bos_token + alpaca.generation_prompt(conv, eos=tok.eos_token, bos=tok.bos_token)
+    assert model.generation_config.eos_token_id == [tok.eos_token_id]
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids.shape[1]
 

@@ -152,13 +152,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.text import Text
-
     from huarizo.formats.convert import to_conversations
     from huarizo.formats.io import read_records
     from huarizo.formats.templates import get_template
 
+    _at_least("-n", args.n, 1)
+    _at_least("--max-length", args.max_length, 1)
     tokenizer = None
     if args.tokenizer:
         from huarizo.formats.models import load_tokenizer
@@ -166,33 +165,72 @@ def _render(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.tokenizer)
     template = get_template(args.template, tokenizer)
     convs = [c for r in read_records(args.file, args.format).records[: args.n] for c in to_conversations(r)][: args.n]
-    console = Console(highlight=False)
-    plain = not console.is_terminal
+    plain = args.plain or not sys.stdout.isatty()
+    out = _PlainOut(args.show_trained) if plain else _RichOut()
     for k, conv in enumerate(convs):
-        console.rule(f"record {k}" + (f" ({conv.id})" if conv.id else ""))
-        text = Text()
+        out.header(f"record {k}" + (f" ({conv.id})" if conv.id else ""))
         if tokenizer is None:
             for seg in template.render(conv):
-                _add(text, seg.text, seg.trainable, plain)
-        else:
-            from huarizo.formats.masking import IGNORE_INDEX, tokenize_conversation
+                out.add(seg.text, seg.trainable)
+            out.end()
+            continue
+        from huarizo.formats.masking import IGNORE_INDEX, tokenize_conversation
 
-            sample = tokenize_conversation(conv, template, tokenizer, args.max_length)
-            if sample is None:
-                console.print("(dropped: no trained token within max length)")
-                continue
-            pairs = zip(sample.input_ids, [lab != IGNORE_INDEX for lab in sample.labels], strict=True)
-            for trained, run in itertools.groupby(pairs, key=lambda p: p[1]):
-                _add(text, tokenizer.decode([t for t, _ in run]), trained, plain)
-            text.append(f"\n[{len(sample.input_ids)} tokens, {sample.num_trained} trained]", style="dim")
-        console.print(text)
+        sample = tokenize_conversation(conv, template, tokenizer, args.max_length)
+        if sample is None:
+            out.add("(dropped: no trained token within max length)", False)
+            out.end()
+            continue
+        pairs = zip(sample.input_ids, [lab != IGNORE_INDEX for lab in sample.labels], strict=True)
+        for trained, run in itertools.groupby(pairs, key=lambda p: p[1]):
+            out.add(tokenizer.decode([t for t, _ in run]), trained)
+        out.end(f"[{len(sample.input_ids)} tokens, {sample.num_trained} trained]")
     return 0
 
 
-def _add(text: Any, piece: str, trained: bool, plain: bool) -> None:
-    if trained and plain:
-        piece = _TRAINED_OPEN + piece + _TRAINED_CLOSE
-    text.append(piece, style="bold green" if trained else "")
+class _PlainOut:
+    """Plain text for pipes and files: a `--- record K ---` line, then the text exactly as rendered (no wrapping,
+    no colour), trained text between ⟦ ⟧ only when asked."""
+
+    def __init__(self, marks: bool) -> None:
+        self.marks = marks
+
+    def header(self, title: str) -> None:
+        sys.stdout.write(f"--- {title} ---\n")
+
+    def add(self, piece: str, trained: bool) -> None:
+        sys.stdout.write(_TRAINED_OPEN + piece + _TRAINED_CLOSE if trained and self.marks else piece)
+
+    def end(self, note: str = "") -> None:
+        sys.stdout.write("\n" + (note + "\n" if note else ""))
+
+
+class _RichOut:
+    """A terminal: a rule per record, trained text in bold green."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.text import Text
+
+        self.console, self.make = Console(highlight=False), Text
+        self.text = Text()
+
+    def header(self, title: str) -> None:
+        self.console.rule(title)
+        self.text = self.make()
+
+    def add(self, piece: str, trained: bool) -> None:
+        self.text.append(piece, style="bold green" if trained else "")
+
+    def end(self, note: str = "") -> None:
+        if note:
+            self.text.append("\n" + note, style="dim")
+        self.console.print(self.text)
+
+
+def _at_least(flag: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise HuarizoError(f"{flag}: must be at least {minimum} (got {value})")
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -244,6 +282,12 @@ def register(sub: Any) -> None:
     p.add_argument("--format", default="auto", choices=fmts)
     p.add_argument("-n", type=int, default=3, help="how many records")
     p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain text as rendered, unwrapped and uncoloured (the default when stdout is not a terminal)",
+    )
+    p.add_argument("--show-trained", action="store_true", help="in plain text, put trained text between ⟦ ⟧")
     p.set_defaults(func=_render)
 
     p = sub.add_parser("config", help="list configs, print a config's JSON schema, or resolve a config file")

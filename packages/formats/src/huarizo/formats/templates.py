@@ -4,6 +4,11 @@ prompt a server sends before the model answers, and the stop strings.
 A template renders a `Conversation` into `Segment`s, each marked trainable or not. Trainable segments are the
 assistant answers with their end-of-turn text (`{eos}` is the tokenizer's EOS token), so tuned models learn to stop.
 Templates are data (`ChatTemplate`), not per-model code; `hf` uses the tokenizer's own `chat_template`.
+
+A `ChatTemplate` exports itself as a Hugging Face `chat_template` (`chat_template_for`) in which every trained span
+sits in `{% generation %}...{% endgeneration %}`, so transformers' `return_assistant_tokens_mask` and TRL's
+`assistant_only_loss` train the tokens Huarizo trains; `end_of_turn_ids` gives the token ids a
+`generation_config.json` stops at.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import random
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 from huarizo.formats.errors import HuarizoError
@@ -90,8 +95,10 @@ class ChatTemplate:
     Format strings take `{content}` (the user text), `{input}` (Alpaca input), `{system}`, `{eos}` and `{bos}`.
     A user turn renders as `user` (or `user_with_input` when the message has an Alpaca input, or
     `first_user_with_system` for the first turn when there is a system prompt), then `assistant_prefix`; the
-    answer renders as `answer_sep + content + eot` (trainable); `between` joins an answer to the next user turn.
-    A template without a `system` slot puts a system prompt in front of the first user message.
+    answer renders as `answer_sep + content + eot` (trainable, less the whitespace around it, which belongs to
+    whichever token the tokenizer puts it in), then `after_answer` (not trained: ChatML's newline after
+    `<|im_end|>`); `between` joins an answer to the next user turn. A template without a `system` slot puts a system
+    prompt in front of the first user message; `default_system` is used when a conversation has no system message.
     """
 
     name: str
@@ -100,24 +107,25 @@ class ChatTemplate:
     eot: str = "{eos}"
     answer_sep: str = ""
     between: str = ""
+    after_answer: str = ""
     system: str = ""
     default_system: str = ""
     user_with_input: str | None = None
     first_user_with_system: str | None = None
     extra_stop: tuple[str, ...] = ()
     add_special_tokens: bool = True
-    _fixed: dict[tuple[str, str], tuple[str, str, str, str]] = field(
+    _fixed: dict[tuple[str, str], tuple[str, str, str, str, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    """`between`, `assistant_prefix`, `answer_sep` and `eot` (which take only the special tokens), per (eos, bos)."""
+    """`between`, `assistant_prefix`, `answer_sep`, `eot` and `after_answer` (which take only the special tokens),
+    per (eos, bos)."""
 
-    def _fixed_parts(self, eos: str, bos: str) -> tuple[str, str, str, str]:
+    def _fixed_parts(self, eos: str, bos: str) -> tuple[str, str, str, str, str]:
         fixed = self._fixed.get((eos, bos))
         if fixed is None:
-            between, prefix, sep, eot = (
-                _sub(f, eos=eos, bos=bos) for f in (self.between, self.assistant_prefix, self.answer_sep, self.eot)
-            )
-            fixed = self._fixed[eos, bos] = between, prefix, sep, eot
+            parts = (self.between, self.assistant_prefix, self.answer_sep, self.eot, self.after_answer)
+            between, prefix, sep, eot, after = (_sub(f, eos=eos, bos=bos) for f in parts)
+            fixed = self._fixed[eos, bos] = between, prefix, sep, eot, after
         return fixed
 
     def _user_text(self, msg: Message, system: str | None, first: bool, **tok: str) -> str:
@@ -135,7 +143,7 @@ class ChatTemplate:
     def render(self, conv: Conversation, *, eos: str = DEFAULT_EOS, bos: str = DEFAULT_BOS) -> list[Segment]:
         """Render a whole conversation; assistant answers and their end of turn are trainable."""
         tok = {"eos": eos, "bos": bos}
-        between, assistant_prefix, answer_sep, eot = self._fixed_parts(eos, bos)
+        between, assistant_prefix, answer_sep, eot, after_answer = self._fixed_parts(eos, bos)
         system = conv.system
         if system is None:
             system = self.default_system or None
@@ -148,7 +156,7 @@ class ChatTemplate:
             if answer is None:
                 break
             segs.append(Segment(prompt, False))
-            prompt = ""
+            prompt = after_answer
             segs.append(Segment(answer_sep + answer.content + eot, True))
         if prompt:
             segs.append(Segment(prompt, False))
@@ -166,47 +174,75 @@ class ChatTemplate:
         stops = [eot] if eot else []
         return stops + [s for s in (eos, *self.extra_stop) if s and s not in stops]
 
-    def to_jinja(self) -> str:
-        """This layout as a Hugging Face `chat_template`, so other tools see the prompt Huarizo trained on."""
+    def to_jinja(self, *, prefix: str = "") -> str:
+        """This layout as a Hugging Face `chat_template`, so other tools see the prompt Huarizo trained on.
 
-        def lit(fmt: str, content: str = "message['content']") -> str:
+        Each trained span (an answer and its end of turn, without the whitespace around them) is wrapped in
+        `{% generation %}...{% endgeneration %}`, so `apply_chat_template(..., return_assistant_tokens_mask=True)`
+        marks the tokens Huarizo's masker trains. `prefix` is the text the tokenizer adds in front of a text when
+        Huarizo encodes it (its BOS: see `chat_template_for`), since `apply_chat_template` encodes without special
+        tokens. An Alpaca input travels as a user message's `input` key.
+        """
+
+        def expr(fmt: str, content: str = "content") -> str:
             parts = []
             for literal, name, _s, _c in string.Formatter().parse(fmt):
                 if literal:
-                    parts.append("{{ " + json.dumps(literal) + " }}")
-                if name == "content":
-                    parts.append("{{ " + content + " }}")
-                elif name == "system":
-                    parts.append("{{ system }}")
-                elif name in ("eos", "bos"):
-                    parts.append("{{ " + name + "_token }}")
-            return "".join(parts)
+                    parts.append(json.dumps(literal))
+                if name is not None:
+                    parts.append({"content": content, "input": "inp", "system": "system"}.get(name, f"{name}_token"))
+            return "(" + " ~ ".join(parts) + ")" if parts else '""'
 
+        def out(fmt: str) -> str:
+            return "{{ " + expr(fmt) + " }}" if fmt else ""
+
+        # The user turn, as `_user_text` renders it: the content (with the input joined when the layout has no
+        # input slot), the system prompt in front of the first one when the layout has no system slot.
+        joined = "(message['content'] ~ ('\\n\\n' ~ inp if inp else ''))"
+        user = "{%- set content = " + ("message['content']" if self.user_with_input else joined) + " -%}"
+        if not self.system and not self.first_user_with_system:
+            user += "{%- if loop.first and system -%}{%- set content = system ~ '\\n\\n' ~ content -%}{%- endif -%}"
+        branches = []
         if self.first_user_with_system:
-            first_user = lit(self.first_user_with_system)
-        elif self.system:
-            first_user = lit(self.user)
-        else:  # no system slot: the system prompt leads the first user message, as in `render`
-            first_user = lit(self.user, content="system + '\\n\\n' + message['content']")
+            branches.append(("loop.first and system", self.first_user_with_system))
+        if self.user_with_input:
+            branches.append(("inp", self.user_with_input))
+        if branches:
+            for k, (cond, fmt) in enumerate(branches):
+                user += ("{%- if " if k == 0 else "{%- elif ") + cond + " -%}" + out(fmt)
+            user += "{%- else -%}" + out(self.user) + "{%- endif -%}"
+        else:
+            user += out(self.user)
+        answer = (
+            "{%- set seg = " + expr(self.answer_sep + "{content}" + self.eot, "message['content']") + " -%}"
+            "{%- set core = seg.strip() -%}"
+            "{%- if core -%}"
+            "{%- set lead = (seg | length) - (seg.lstrip() | length) -%}"
+            "{{ seg[:lead] }}{% generation %}{{ core }}{% endgeneration %}{{ seg[lead + (core | length):] }}"
+            "{%- else -%}{{ seg }}{%- endif -%}"
+        )
         return (
             f"{{#- huarizo template: {self.name} -#}}"
-            f"{{%- set system = {json.dumps(self.default_system)} -%}}"
+            + ("{{ " + json.dumps(prefix) + " }}" if prefix else "")
+            + f"{{%- set system = {json.dumps(self.default_system)} -%}}"
             "{%- set msgs = messages -%}"
             "{%- if messages and messages[0]['role'] == 'system' -%}"
             "{%- set system = messages[0]['content'] -%}{%- set msgs = messages[1:] -%}{%- endif -%}"
-            + ("{%- if system -%}" + lit(self.system) + "{%- endif -%}" if self.system else "")
+            + ("{%- if system -%}" + out(self.system) + "{%- endif -%}" if self.system else "")
             + "{%- for message in msgs -%}"
             "{%- if message['role'] == 'user' -%}"
-            "{%- if not loop.first -%}" + lit(self.between) + "{%- endif -%}"
-            "{%- if loop.first and system -%}" + first_user + "{%- else -%}" + lit(self.user) + "{%- endif -%}"
-            "{%- else -%}"
-            + lit(self.assistant_prefix)
-            + lit(self.answer_sep)
-            + "{{ message['content'] }}"
-            + lit(self.eot)
+            "{%- set inp = message.get('input') or '' -%}"
+            "{%- if not loop.first -%}"
+            + out(self.between)
+            + "{%- endif -%}"
+            + user
+            + "{%- else -%}"
+            + out(self.assistant_prefix)
+            + answer
+            + out(self.after_answer)
             + "{%- endif -%}"
             "{%- endfor -%}"
-            "{%- if add_generation_prompt -%}" + lit(self.assistant_prefix) + "{%- endif -%}"
+            "{%- if add_generation_prompt -%}" + out(self.assistant_prefix) + "{%- endif -%}"
         )
 
 
@@ -308,6 +344,50 @@ class HFTemplate:
         return stops + ([eos_token] if eos_token not in stops else [])
 
 
+def chat_messages(conv: Conversation) -> list[dict[str, str]]:
+    """A conversation as the messages `apply_chat_template` takes; an Alpaca input is the user message's `input` key
+    (which the exported Alpaca template lays out as its `### Input:` section)."""
+    return [{"role": m.role, "content": m.content, **({"input": m.input} if m.input else {})} for m in conv.messages]
+
+
+def _added_prefix(tokenizer: Any) -> str:
+    """The text of the special tokens the tokenizer puts in front of a text it encodes (its BOS), or ""."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for k in range(len(full) - len(bare) + 1):
+        if full[k : k + len(bare)] == bare:
+            specials = set(getattr(tokenizer, "all_special_ids", ()))
+            if all(t in specials for t in full[:k]):
+                return "".join(tokenizer.convert_ids_to_tokens(full[:k]))
+            break
+    return ""
+
+
+def chat_template_for(template: Template, tokenizer: Any) -> str | None:
+    """The `chat_template` a model trained with `template` and `tokenizer` is saved with (None for `hf`, which keeps
+    the tokenizer's own, and for layouts that have none, such as `mixed`)."""
+    if not isinstance(template, ChatTemplate):
+        return None
+    return template.to_jinja(prefix=_added_prefix(tokenizer) if template.add_special_tokens else "")
+
+
+def end_of_turn_ids(template: Template, tokenizer: Any) -> list[int]:
+    """The token ids that end an answer: the template's end of turn and the tokenizer's EOS, where each is one
+    token (what `generation_config.json`'s `eos_token_id` lists, so `generate()` stops by itself)."""
+    eos = _special_tokenizer_eos(tokenizer)
+    ids: list[int] = []
+    for text in (template.stop_strings(eos=eos)[0], eos):
+        enc = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if len(enc) == 1 and enc[0] not in ids:
+            ids.append(enc[0])
+    return ids
+
+
+def _special_tokenizer_eos(tokenizer: Any) -> str:
+    eos = getattr(tokenizer, "eos_token", None)
+    return eos if isinstance(eos, str) and eos else DEFAULT_EOS
+
+
 _REGISTRY: dict[str, Template] = {}
 
 
@@ -364,7 +444,8 @@ ALPACA = ChatTemplate(
     ),
     assistant_prefix="### Response:",
     between="\n\n",
-    extra_stop=("### Instruction:",),
+    # Every section header the layout uses: a model that writes one of them again has finished its answer.
+    extra_stop=("### Instruction:", "### Input:", "### Response:"),
 )
 
 # Vicuna v1.1 (FastChat's `vicuna_v1.1`): system line, `USER:` / `ASSISTANT:`, `</s>` after each answer.
@@ -381,15 +462,19 @@ VICUNA_V11 = ChatTemplate(
     extra_stop=("USER:",),
 )
 
+# ChatML: every message, the last answer included, ends with `<|im_end|>` and a newline (the newline is not trained).
 CHATML = ChatTemplate(
     name="chatml",
     system="<|im_start|>system\n{system}<|im_end|>\n",
     user="<|im_start|>user\n{content}<|im_end|>\n",
     assistant_prefix="<|im_start|>assistant\n",
     eot="<|im_end|>",
-    between="\n",
+    after_answer="\n",
     extra_stop=("<|im_start|>",),
 )
+
+# Qwen2's chat template: ChatML with its default system prompt when a conversation has none.
+QWEN2 = replace(CHATML, name="qwen2", default_system="You are a helpful assistant.")
 
 LLAMA_2 = ChatTemplate(
     name="llama-2",
@@ -401,5 +486,5 @@ LLAMA_2 = ChatTemplate(
     between="{bos}",
 )
 
-for _t in (ALPACA, VICUNA_V11, CHATML, LLAMA_2):
+for _t in (ALPACA, VICUNA_V11, CHATML, QWEN2, LLAMA_2):
     register_template(_t)

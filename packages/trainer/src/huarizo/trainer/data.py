@@ -48,6 +48,10 @@ class Sample:
 class DataStats:
     """What loading the data did."""
 
+    template: str = ""
+    """The template the model folder is saved with (see `served_template`)."""
+    templates: dict[str, str] = field(default_factory=dict)
+    """The template every file's records were rendered with."""
     records: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     eval_samples: int = 0
@@ -69,25 +73,57 @@ def _shifted(labels: array[int]) -> array[int]:
     return targets
 
 
+def file_templates(cfg: DataConfig) -> dict[str, str]:
+    """The template each file's records are rendered with: its own `template`, else `data.template`."""
+    return {str(spec.path): spec.template or cfg.template for spec in cfg.files}
+
+
+def served_template(cfg: DataConfig) -> str:
+    """The template the model folder is saved with, which serving and other tools will prompt it with.
+
+    When every file uses one template, that one. When files use several, `data.template` if some file's records
+    were rendered with it (the others are augmentation, such as `mixed` layouts); else the run is refused, since a
+    model folder carries one chat template and no file was trained with the one it would carry.
+    """
+    used = file_templates(cfg)
+    names = sorted(set(used.values()))
+    if len(names) == 1:
+        return names[0]
+    if cfg.template in names:
+        return cfg.template
+    listed = ", ".join(f"{path}: {name}" for path, name in used.items())
+    raise DataError(
+        f"data.files use several templates ({listed}) and data.template={cfg.template} is none of them: a model "
+        "folder is served with one chat template; set data.template to the one to serve it with (one of "
+        f"{', '.join(names)}), or train every file with one template"
+    )
+
+
 def check_files(cfg: DataConfig) -> None:
-    """Fail fast (before any model or process group is set up) on a missing data file."""
+    """Fail fast (before any model or process group is set up) on a missing data file or a template mix that
+    leaves no template to save the model with."""
     if not cfg.files:
         raise DataError("data.files is empty: give at least one data file (--set data.files=[PATH])")
     for spec in cfg.files:
+        if spec.path.is_dir():
+            raise DataError(f"data.files: {spec.path}: is a folder, not a data file")
         if not spec.path.is_file():
             raise DataError(f"data.files: {spec.path}: no such file")
+    for name in set(file_templates(cfg).values()) - {"hf"}:  # an unknown name fails here (`hf` needs the tokenizer)
+        get_template(name)
+    served_template(cfg)
 
 
 def load_samples(cfg: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Sample], list[Sample], DataStats]:
     """Read, mix, tokenize and mask every file; returns `(train, eval, stats)`."""
     check_files(cfg)
     rng = random.Random(seed)
-    stats = DataStats()
+    stats = DataStats(template=served_template(cfg), templates=file_templates(cfg))
     samples: list[Sample] = []
     for spec in cfg.files:
         convs = [c for r in read_records(spec.path, spec.format).records for c in to_conversations(r)]
         stats.records[str(spec.path)] = len(convs)
-        template = get_template(spec.template or cfg.template, tokenizer)
+        template = get_template(stats.templates[str(spec.path)], tokenizer)
         tokenized, tstats = tokenize_conversations(convs, template, tokenizer, cfg.max_length)
         for reason, n in tstats.dropped.items():
             stats.dropped[reason] = stats.dropped.get(reason, 0) + n

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from torch import nn
 
 from huarizo.formats import IGNORE_INDEX, HuarizoError
 from huarizo.formats.models import resolve_model
-from huarizo.formats.templates import ChatTemplate, get_template
+from huarizo.formats.templates import Template, chat_template_for, end_of_turn_ids, template_for_tokenizer
 from huarizo.trainer.config import LoraConfig, ModelConfig
 
 
@@ -168,30 +170,45 @@ class SFTModel(nn.Module):
         return F.cross_entropy(logits, targets[keep], reduction="sum")
 
 
-def write_chat_template(tokenizer: Any, template_name: str) -> None:
-    """Make the training template the tokenizer's chat template (serve and judge read it back)."""
-    if template_name == "hf":
-        return
-    template = get_template(template_name, tokenizer)
-    if isinstance(template, ChatTemplate):
-        tokenizer.chat_template = template.to_jinja()
+def export_template(lm: Any, tokenizer: Any, template: Template) -> None:
+    """Make the training template the tokenizer's chat template (with `{% generation %}` marks around the trained
+    text), and every token that ends a turn in it the model's `eos_token_id`, so `generate()` stops by itself."""
+    jinja = chat_template_for(template, tokenizer)
+    if jinja is not None:
+        tokenizer.chat_template = jinja
+    ids = end_of_turn_ids(template, tokenizer)
+    gen = getattr(lm, "generation_config", None) if lm is not None else None
+    if gen is not None and ids:
+        gen.eos_token_id = ids
+        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[0]
 
 
 def save_hf_folder(
-    lm: Any, state_dict: dict[str, torch.Tensor] | None, tokenizer: Any, folder: Path, template: str
+    lm: Any,
+    state_dict: dict[str, torch.Tensor] | None,
+    tokenizer: Any,
+    folder: Path,
+    template: Template,
+    record: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an HF model folder atomically (a temporary folder, then a rename)."""
+    """Write an HF model folder atomically (a temporary folder, then a rename); `record` goes to
+    `huarizo_templates.json` (which template every data file was rendered with)."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if lm.config._attn_implementation == VARLEN:  # a training-time kernel; the saved model uses sdpa
         lm.set_attn_implementation("sdpa")
+    export_template(lm, tokenizer, template)
     lm.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-    write_chat_template(tokenizer, template)
     tokenizer.save_pretrained(tmp)
+    if record is not None:
+        (tmp / TEMPLATES_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
+
+
+TEMPLATES_RECORD = "huarizo_templates.json"
 
 
 def merge_lora(
@@ -208,7 +225,11 @@ def merge_lora(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tok_src = adapter if (adapter / "tokenizer_config.json").exists() else path
-    return _save_folder(merged, AutoTokenizer.from_pretrained(tok_src), target)
+    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    if getattr(tokenizer, "chat_template", None):  # stop where the adapter's template ends a turn
+        export_template(merged, tokenizer, template_for_tokenizer(tokenizer))
+    extra = [adapter / TEMPLATES_RECORD] if (adapter / TEMPLATES_RECORD).exists() else []
+    return _save_folder(merged, tokenizer, target, extra)
 
 
 def apply_delta(base: str, delta: str, target: str | os.PathLike[str], dtype: str = "float32") -> Path:
@@ -242,13 +263,16 @@ def apply_delta(base: str, delta: str, target: str | os.PathLike[str], dtype: st
     return _save_folder(delta_model, AutoTokenizer.from_pretrained(delta_path), target)
 
 
-def _save_folder(model: Any, tokenizer: Any, target: str | os.PathLike[str]) -> Path:
-    """Write a model folder next to `target`, then rename it into place (a crash leaves no half folder)."""
+def _save_folder(model: Any, tokenizer: Any, target: str | os.PathLike[str], extra: Sequence[Path] = ()) -> Path:
+    """Write a model folder (and copies of the `extra` files) next to `target`, then rename it into place (a crash
+    leaves no half folder)."""
     target = Path(target)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    for path in extra:
+        shutil.copyfile(path, tmp / path.name)
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)

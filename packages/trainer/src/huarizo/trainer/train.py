@@ -27,9 +27,18 @@ import torch.distributed as dist
 
 from huarizo.formats import IGNORE_INDEX, HuarizoError, JsonlAppender, write_records
 from huarizo.formats.models import resolve_model
+from huarizo.formats.templates import get_template
 from huarizo.trainer.config import TrainConfig
-from huarizo.trainer.data import Sample, Schedule, check_files, collate, load_samples
-from huarizo.trainer.model import SFTModel, add_lora, load_model, merge_lora, save_hf_folder, write_chat_template
+from huarizo.trainer.data import DataStats, Sample, Schedule, check_files, collate, load_samples
+from huarizo.trainer.model import (
+    TEMPLATES_RECORD,
+    SFTModel,
+    add_lora,
+    export_template,
+    load_model,
+    merge_lora,
+    save_hf_folder,
+)
 
 KILL_AT_STEP_ENV = "HUARIZO_TRAIN_KILL_AT_STEP"
 """Fault injection for crash-recovery tests: the process SIGKILLs itself right after logging this step."""
@@ -315,7 +324,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         save(total)
     logger.close()
 
-    final = _write_final(cfg, engine, tokenizer, rank)
+    final = _write_final(cfg, engine, tokenizer, rank, stats)
     if rank == 0:
         plot_loss(out / "metrics.jsonl", out / "loss_curve.png")
     dist.barrier()
@@ -323,8 +332,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(out, final, total, start, loss)
 
 
-def _write_final(cfg: TrainConfig, engine: Any, tokenizer: Any, rank: int) -> Path:
-    """The final HF folder (ZeRO-3 partitions consolidated), whose tokenizer carries the training template."""
+def _write_final(cfg: TrainConfig, engine: Any, tokenizer: Any, rank: int, stats: DataStats) -> Path:
+    """The final HF folder (ZeRO-3 partitions consolidated), whose tokenizer carries the training template and whose
+    `huarizo_templates.json` says which template every data file was rendered with."""
     if engine.zero_optimization_partition_weights():
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
@@ -334,15 +344,18 @@ def _write_final(cfg: TrainConfig, engine: Any, tokenizer: Any, rank: int) -> Pa
         assert state is not None
         state = {k.removeprefix("lm."): v for k, v in state.items()}
         lm = engine.module.lm
+        template = get_template(stats.template, tokenizer)
+        record = {"chat_template": stats.template, "files": stats.templates, "records": stats.records}
         if cfg.lora.enabled:
             adapter = cfg.output_dir / "adapter"
+            export_template(lm, tokenizer, template)
             lm.save_pretrained(adapter, state_dict=state)
-            write_chat_template(tokenizer, cfg.data.template)
             tokenizer.save_pretrained(adapter)
+            (adapter / TEMPLATES_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             if cfg.lora.merge:
                 merge_lora(cfg.model.ref, adapter, final, dtype=cfg.model.dtype)
         else:
-            save_hf_folder(lm, state, tokenizer, final, cfg.data.template)
+            save_hf_folder(lm, state, tokenizer, final, template, record)
     dist.barrier()
     return final
 
