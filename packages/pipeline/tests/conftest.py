@@ -77,10 +77,10 @@ def _tiny_recipe(run_dir: Path, base_model: Path, teacher_url: str, judge_url: s
             "output": {"save_steps": 2},
         },
         "answer": {
-            "base": {"model": "openai/base", "api_base": "served", "max_tokens": 12},
-            "tuned": {"model": "openai/tuned", "api_base": "served", "max_tokens": 12},
+            "base": {"endpoint": {"model": "openai/base", "api_base": "served"}, "max_tokens": 12},
+            "tuned": {"endpoint": {"model": "openai/tuned", "api_base": "served"}, "max_tokens": 12},
         },
         "metrics": {"bootstrap": 200},
-        "judge": {"judge": "openai/judge", "api_base": judge_url, "api_key": "x", "baseline": "base"},
+        "judge": {"judge": {"model": "openai/judge", "api_base": judge_url}, "baseline": "base"},
         "report": {"examples": 3},
     }

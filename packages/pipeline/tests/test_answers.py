@@ -40,11 +40,11 @@ def summary(tmp_path_factory: pytest.TempPathFactory, answerers: Any, judge: Any
         "run_dir": str(run),
         "questions": str(questions),
         "answer": {
-            "oracle": {"model": "openai/oracle", "api_base": answerers[0], "api_key": "x", "max_tokens": 32},
-            "rambler": {"model": "openai/rambler", "api_base": answerers[1], "api_key": "x", "max_tokens": 32},
+            "oracle": {"endpoint": {"model": "openai/oracle", "api_base": answerers[0]}, "max_tokens": 32},
+            "rambler": {"endpoint": {"model": "openai/rambler", "api_base": answerers[1]}, "max_tokens": 32},
         },
         "metrics": {"bootstrap": 200},
-        "judge": {"judge": "openai/judge", "api_base": judge.url, "api_key": "x", "baseline": "rambler"},
+        "judge": {"judge": {"model": "openai/judge", "api_base": judge.url}, "baseline": "rambler"},
         "report": {"examples": 4},
     }
     outcome = run_recipe(RecipeConfig.model_validate(recipe), source="answers.yaml")

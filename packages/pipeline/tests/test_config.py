@@ -25,10 +25,10 @@ RECIPE = {
     "filter": {"rouge_threshold": 0.5},
     "train": {"optim": {"lr": 1e-4}},
     "answer": {
-        "base": {"model": "openai/base", "api_base": "served"},
-        "tuned": {"model": "openai/tuned", "api_base": "served"},
+        "base": {"endpoint": {"model": "openai/base", "api_base": "served"}},
+        "tuned": {"endpoint": {"model": "openai/tuned", "api_base": "served"}},
     },
-    "judge": {"judge": "openai/base", "api_base": "served", "baseline": "base"},
+    "judge": {"judge": {"model": "openai/base", "api_base": "served"}, "baseline": "base"},
 }
 
 
@@ -64,8 +64,8 @@ def test_unknown_key_is_one_line_naming_the_stage_and_key(tmp_path: Path, capsys
 
 def test_bad_value_from_set_names_set_and_the_stage(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
-        RecipeConfig.load(write(tmp_path, RECIPE), ["judge.concurrency=0"])
-    assert str(exc.value).startswith("--set: stage judge: concurrency: Input should be greater than or equal to 1")
+        RecipeConfig.load(write(tmp_path, RECIPE), ["judge.judge.concurrency=0"])
+    assert str(exc.value) == "--set: stage judge: judge.concurrency: Input should be greater than or equal to 1 (got 0)"
 
 
 def test_a_path_the_run_owns_is_refused(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_a_path_the_run_owns_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_served_endpoint_must_name_a_served_model(tmp_path: Path) -> None:
-    data = {**RECIPE, "judge": {"judge": "openai/big", "api_base": "served", "baseline": "base"}}
+    data = {**RECIPE, "judge": {"judge": {"model": "openai/big", "api_base": "served"}, "baseline": "base"}}
     with pytest.raises(ConfigError, match=r"stage judge: judge is served by the run but names no entry of serve"):
         RecipeConfig.load(write(tmp_path, data))
 
@@ -92,5 +92,5 @@ def test_schema_lists_every_stage_and_leaves_run_paths_optional(capsys: pytest.C
     assert {"datagen", "filter", "clean", "train", "answer", "metrics", "judge", "serve", "launch"} <= set(
         schema["properties"]
     )
-    assert schema["$defs"]["AnswerConfig"]["required"] == ["model"]
+    assert schema["$defs"]["AnswerConfig"]["required"] == ["endpoint"]
     assert schema["$defs"]["GradeConfig"]["required"] == ["judge"]

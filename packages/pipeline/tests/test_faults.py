@@ -221,7 +221,7 @@ def test_server_that_fails_to_start(
         "run_dir": str(tmp_path / "run"),
         "questions": str(questions),
         "serve": {"base": {"model": str(tiny_model_dir), "template": "no-such-template"}},
-        "answer": {"base": {"model": "openai/base", "api_base": "served", "max_tokens": 4, "limit": 3}},
+        "answer": {"base": {"endpoint": {"model": "openai/base", "api_base": "served"}, "max_tokens": 4, "limit": 3}},
     }
     code, err = run_cli(tmp_path, recipe, capsys)
     log = tmp_path / "run" / "serve" / "base.log"

@@ -96,9 +96,13 @@ def test_every_stage_leaves_its_artifacts(finished: Any, questions: Path) -> Non
     # summary: per stage seconds, tokens, cost and whether it was skipped
     for name in ("datagen", "filter", "train", "answer", "metrics", "judge"):
         st = s["stages"][name]
-        assert st["skipped"] is False and st["seconds"] > 0 and st["cost"] == 0.0
+        assert st["skipped"] is False and st["seconds"] > 0
         assert (run / name / "manifest.json").exists() and (run / name / "stage.yaml").exists()
     assert s["stages"]["answer"]["tokens"] > 0 and s["stages"]["judge"]["tokens"] > 0
+    # models served by the run cost nothing; the scripted teacher and judge have no known price
+    assert s["stages"]["answer"]["cost"] == s["stages"]["train"]["cost"] == 0.0
+    assert s["stages"]["datagen"]["cost"] is None and s["stages"]["judge"]["cost"] is None
+    assert "| datagen | done |" in (run / "report.md").read_text() and "| unknown |" in (run / "report.md").read_text()
     assert s["stages"]["serve"]["skipped"] is False and s["stages"]["serve"]["counts"]["servers"] == 2
 
     # report: every section, plots inlined, nothing fetched from elsewhere

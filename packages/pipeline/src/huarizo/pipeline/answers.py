@@ -1,10 +1,11 @@
 """Answering with finish reasons: `huarizo judge answer`'s job, plus why each answer ended.
 
-The stop rate (answers that ended by themselves before `max_tokens`) is read from each reply's `finish_reason`, which
-`huarizo.judge.answer` does not record. This is the smallest version that does, taking the judge's own
-`AnswerConfig` and writing its answer layout (MT-bench: `question_id, answer_id, model_id, choices[{turns}]`) with
-`finish_reasons` beside `turns`, so the judge reads these files as its own. It belongs in huarizo-judge; until it
-moves there it lives here. Resumable like the judge's: one whole line per answered question, cached requests.
+The stop rate (answers that ended by themselves before `max_tokens`) is read from each reply's `finish_reason`,
+which `huarizo.judge.answer` does not record. This is the smallest version that does: it takes the judge's own
+`AnswerConfig` and prompts, and writes the judge's answer layout (MT-bench: `question_id, answer_id, model_id,
+choices[{turns}]`) with `finish_reasons` beside `turns`, so the judge reads these files as its own. It belongs in
+huarizo-judge; until it moves there it lives here. Resumable like the judge's: one line per answered question, and
+every request cached.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from typing import Any
 
 from huarizo.formats import HuarizoError, JsonlAppender, StageResult
 from huarizo.formats.llm import LLMClient, LLMError
-from huarizo.judge.answer import AnswerConfig, make_client
-from huarizo.judge.data import Question, load_questions
+from huarizo.judge import AnswerConfig, Question, load_questions
+from huarizo.judge.prompts import completion_prompt
 
 
 class AnswerResult(StageResult):
     """Answers of one model: `counts` has `answers`, `turns`, `stopped` (ended by themselves) and `length`."""
 
 
-async def _one(cfg: AnswerConfig, client: LLMClient, q: Question, template: Any) -> dict[str, Any]:
+async def _one(cfg: AnswerConfig, client: LLMClient, q: Question, template: Any, model_id: str) -> dict[str, Any]:
     turns: list[str] = []
     reasons: list[str | None] = []
     messages: list[dict[str, str]] = [{"role": "system", "content": cfg.system}] if cfg.system else []
@@ -33,10 +34,7 @@ async def _one(cfg: AnswerConfig, client: LLMClient, q: Question, template: Any)
         messages.append({"role": "user", "content": user})
         params: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
         if template is not None:
-            from huarizo.formats.schemas import Conversation, Message
-
-            conv = Conversation(messages=[Message(role=m["role"], content=m["content"]) for m in messages])  # type: ignore[arg-type]
-            resp = await client.acomplete(template.generation_prompt(conv), stop=template.stop_strings(), **params)
+            resp = await client.acomplete(completion_prompt(messages, template), stop=template.stop_strings(), **params)
         else:
             resp = await client.acomplete(messages, **params)
         turns.append(resp.text.strip())
@@ -44,15 +42,15 @@ async def _one(cfg: AnswerConfig, client: LLMClient, q: Question, template: Any)
         messages.append({"role": "assistant", "content": turns[-1]})
     return {
         "question_id": q.question_id,
-        "answer_id": f"{cfg.model_id}:{q.question_id}",
-        "model_id": cfg.model_id,
+        "answer_id": f"{model_id}:{q.question_id}",
+        "model_id": model_id,
         "choices": [{"index": 0, "turns": turns, "finish_reasons": reasons}],
         "tstamp": time.time(),
     }
 
 
 def answer(cfg: AnswerConfig, *, on_answer: Callable[[], None] | None = None) -> AnswerResult:
-    """Answer every question of `cfg.questions` not yet in `cfg.out` (`cfg.model_id` names the model)."""
+    """Answer every question of `cfg.questions` not yet in `cfg.out`; the reply cache is `cfg.endpoint.cache_dir`."""
     t0 = time.perf_counter()
     questions = load_questions(cfg.questions).questions[: cfg.limit]
     template = None
@@ -60,7 +58,8 @@ def answer(cfg: AnswerConfig, *, on_answer: Callable[[], None] | None = None) ->
         from huarizo.formats.templates import get_template
 
         template = get_template(cfg.template)
-    client = make_client(cfg, cfg.model, "completion" if template is not None else "chat")
+    client = cfg.endpoint.client("completion" if template is not None else "chat")
+    model_id = cfg.model_id or cfg.endpoint.model.rsplit("/", 1)[-1]
     out = Path(cfg.out)
     failures: list[str] = []
     with JsonlAppender(out, fsync=True) as app:
@@ -69,7 +68,7 @@ def answer(cfg: AnswerConfig, *, on_answer: Callable[[], None] | None = None) ->
 
         async def job(q: Question) -> None:
             try:
-                rec = await _one(cfg, client, q, template)
+                rec = await _one(cfg, client, q, template, model_id)
             except LLMError as exc:
                 failures.append(f"{q.question_id}: {exc}")
                 return
@@ -87,7 +86,7 @@ def answer(cfg: AnswerConfig, *, on_answer: Callable[[], None] | None = None) ->
         records = app.existing()
     if failures:
         raise HuarizoError(
-            f"{len(failures)} of {len(todo)} questions failed for {cfg.model_id} (the others are saved; rerun to "
+            f"{len(failures)} of {len(todo)} questions failed for {model_id} (the others are saved; rerun to "
             f"retry them): {failures[0]}"
         )
     reasons = [r for rec in records for r in rec["choices"][0].get("finish_reasons", [])]

@@ -158,7 +158,7 @@ class RecipeConfig(HuarizoConfig):
                 data = {k: v.model_dump(mode="json") for k, v in section.items()}
             else:
                 continue
-            for where, model in _served_endpoints(data, stage):
+            for where, model in _served_endpoints(data, ""):
                 out.append((stage, where, model.rsplit("/", 1)[-1]))
         return out
 
@@ -202,7 +202,7 @@ def _served_endpoints(data: Any, where: str) -> Iterator[tuple[str, str]]:
             model = data.get("model") or data.get("judge") or ""
             yield where, str(model)
         for key, value in data.items():
-            yield from _served_endpoints(value, f"{where}.{key}")
+            yield from _served_endpoints(value, f"{where}.{key}" if where else key)
 
 
 def _fill(data: dict[str, Any]) -> dict[str, Any]:

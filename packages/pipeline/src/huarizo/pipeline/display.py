@@ -74,6 +74,14 @@ class Display:
         with self._lock:
             self.rows[name].done += n
 
+    def progress(self, name: str, done: int, total: int | None) -> None:
+        """Progress within a stage, as reported by the stage itself."""
+        with self._lock:
+            row = self.rows[name]
+            row.done = done
+            if total is not None:
+                row.total = lambda: total
+
     def note(self, text: str) -> None:
         """An event worth a line (a server starting)."""
         self.note_text = text

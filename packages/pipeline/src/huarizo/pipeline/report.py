@@ -56,59 +56,35 @@ def judge_model(recipe: RecipeConfig) -> tuple[str | None, str | None]:
         return None, None
     from huarizo.pipeline.run import served_model
 
-    data = recipe.judge.model_dump(mode="json")
-    for _, name in _endpoints(data):
-        if name in recipe.serve:
-            return recipe.judge.judge, served_model(recipe, name)
-    return recipe.judge.judge, None
-
-
-def _endpoints(data: Any) -> list[tuple[str, str]]:
-    found = []
-    if isinstance(data, dict):
-        if data.get("api_base") == SERVED:
-            model = str(data.get("model") or data.get("judge") or "")
-            found.append((model, model.rsplit("/", 1)[-1]))
-        for value in data.values():
-            found += _endpoints(value)
-    return found
+    model = recipe.judge.judge.model
+    if recipe.judge.judge.api_base == SERVED and model.rsplit("/", 1)[-1] in recipe.serve:
+        return model, served_model(recipe, model.rsplit("/", 1)[-1])
+    return model, None
 
 
 def _judge_summary(recipe: RecipeConfig, result: dict[str, Any]) -> dict[str, Any]:
-    figures = result.get("figures", {})
-    s = figures.get("summary", {})
-    outcomes = figures.get("judgments", [])
+    s = result.get("figures", {}).get("summary", {})
+    counts = result.get("counts", {})
     model, served = judge_model(recipe)
-    trained_from = recipe.train.model.ref if recipe.train is not None else None
     if served is not None and recipe.train is not None and Path(served) == Path(recipe.train.output_dir) / "final":
-        served = f"{served} (trained from {trained_from})"
+        served = f"{served} (trained from {recipe.train.model.ref})"
     smoke = served is not None and any(served == m or served.endswith(f"from {m})") for m in SMOKE_MODELS)
     out: dict[str, Any] = {
         "judge": model,
         "served_model": served,
         "smoke": smoke,
         "mode": s.get("mode"),
-        "n": len(outcomes),
-        "judged": sum(o["error"] is None for o in outcomes),
-        "errors": sum(o["error"] is not None for o in outcomes),
+        "n": counts.get("items", 0),
+        "judged": counts.get("judged", 0),
+        "errors": counts.get("errors", 0),
+        "verdicts_read": s.get("verdicts_read", {}),
     }
     if s.get("mode") == "pairwise":
-        decided = [o for o in outcomes if o["error"] is None]
-        side_a = [1.0 if o["winner"] == o["model_a"] else 0.5 if o["winner"] == "tie" else 0.0 for o in decided]
-        se = s.get("standard_error")
-        if se is None and len(side_a) > 1:
-            mean = sum(side_a) / len(side_a)
-            se = math.sqrt(sum((x - mean) ** 2 for x in side_a) / (len(side_a) - 1) / len(side_a))
         out |= {
-            "model": decided[0]["model_a"] if decided else None,
+            "model": next(iter(s.get("models") or {}), None),
             "baseline": s.get("baseline"),
-            "win_rate": s.get("win_rate"),
-            "standard_error": se,
-            "win_rate_ci": s.get("win_rate_ci"),
-            "wins": s.get("wins"),
-            "ties": s.get("ties"),
-            "losses": s.get("losses"),
-            "verdicts": s.get("verdicts"),
+            **{k: s.get(k) for k in ("win_rate", "standard_error", "win_rate_ci", "wins", "ties", "losses")},
+            "length_adjusted_win_rate": s.get("length_adjusted_win_rate"),
             "audit": s.get("audit"),
         }
     else:
@@ -515,7 +491,11 @@ def write_report(
                 "Its verdicts show that judging works end to end; they carry no weight as a measure of quality. "
                 "Point the judge at a strong model (a hosted API or a large served model) for verdicts that do."
             )
-        doc.p(f"Judge: {j['judge']} ({j.get('mode')}); {j['judged']} of {j['n']} comparisons got a verdict.")
+        read = ", ".join(f"{n} from {way}" for way, n in j["verdicts_read"].items() if n) or "none"
+        doc.p(
+            f"Judge: {j['judge']} ({j.get('mode')}); {j['judged']} of {j['n']} items got a verdict. Verdicts read: "
+            f"{read} (logprobs: from the verdict token's probabilities, in both answer orders)."
+        )
         if j.get("mode") == "pairwise":
             doc.table(
                 ["model", "baseline", "win rate", "standard error", "95% CI", "wins", "ties", "losses"],
@@ -530,6 +510,21 @@ def write_report(
                         str(j.get("ties")),
                         str(j.get("losses")),
                     ]
+                ],
+            )
+        else:
+            doc.table(
+                ["model", "mean score (1-10)", "standard error", "95% CI", "n", "errors"],
+                [
+                    [
+                        name,
+                        _num(m.get("mean"), 2),
+                        _num(m.get("standard_error"), 2),
+                        _ci(m.get("mean_ci"), pct=False),
+                        str(m.get("n")),
+                        str(m.get("errors")),
+                    ]
+                    for name, m in (j.get("models") or {}).items()
                 ],
             )
         audit = j.get("audit") or {}

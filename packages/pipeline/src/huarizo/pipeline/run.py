@@ -125,6 +125,9 @@ class _Context:
     def tick(self, n: int = 1) -> None:
         self.display.tick(self.stage, n)
 
+    def progress(self, done: int, total: int | None) -> None:
+        self.display.progress(self.stage, done, total)
+
 
 def _key(recipe: RecipeConfig, stage: Stage) -> dict[str, Any]:
     inputs = {}

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +77,10 @@ class Context(Protocol):
         """Count progress within the stage."""
         ...
 
+    def progress(self, done: int, total: int | None) -> None:
+        """Set progress within the stage."""
+        ...
+
 
 @dataclass
 class Stage:
@@ -136,14 +139,6 @@ def _tuned_upstream(recipe: RecipeConfig, served: list[str]) -> list[str]:
     return ["train"] if any(recipe.serve[n].model == "tuned" for n in served if n in recipe.serve) else []
 
 
-def _lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as fh:
-            return sum(1 for line in fh if line.strip())
-    except OSError:
-        return 0
-
-
 def plan(recipe: RecipeConfig) -> list[Stage]:
     """The recipe's stages in run order (the report stage is the runner's own)."""
     builders = {
@@ -166,36 +161,25 @@ def _datagen(recipe: RecipeConfig) -> Stage:
 
     cfg = recipe.datagen
     assert cfg is not None
-    out = Path(cfg.output_dir)
+    served = _served_names(recipe, "datagen")
 
     def run(ctx: Context) -> StageResult:
-        from huarizo.datagen.generate import DatagenConfig
-        from huarizo.datagen.generate import run as generate
+        from huarizo.datagen import DatagenConfig
+        from huarizo.datagen import run as generate
 
         data = resolve_served(cfg.model_dump(mode="json"), ctx)
-        data.update(progress=False, cache_dir=data.get("cache_dir") or str(ctx.cache("datagen")))
-        r = generate(DatagenConfig.model_validate(data))
+        data["progress"] = False
+        data["teacher"]["cache_dir"] = data["teacher"].get("cache_dir") or str(ctx.cache("datagen"))
+        r = generate(DatagenConfig.model_validate(data), on_progress=lambda n, total, _: ctx.progress(n, total))
         return _result(
-            outputs={"records": out / "records.jsonl", "rejects": out / "rejects.jsonl"},
-            counts={
-                "generated": r.kept + r.rejected,
-                "kept": r.kept,
-                "rejected": r.rejected,
-                "failed": r.failed,
-                "requests": r.requests,
-                "rounds": r.rounds,
-            },
+            outputs={k: v for k, v in r.outputs.items() if k in ("records", "rejects", "rounds")},
+            counts=dict(r.counts),
             prompt_tokens=r.prompt_tokens,
             completion_tokens=r.completion_tokens,
-            cost=r.cost,
+            cost=_cost(r.cost, served),
             figures={"rejected_by_reason": dict(r.reasons)},
         )
 
-    def poll() -> str:
-        cost = sum(float(json.loads(ln).get("cost") or 0) for ln in _read_lines(out / "rounds.jsonl"))
-        return f"{_lines(out / 'records.jsonl')}/{cfg.num_records} records, ${cost:.4f}"
-
-    served = _served_names(recipe, "datagen")
     return Stage(
         "datagen",
         stable(cfg.model_dump(mode="json")),
@@ -203,8 +187,12 @@ def _datagen(recipe: RecipeConfig) -> Stage:
         inputs=[Path(cfg.seeds) if cfg.seeds else default_seeds()],
         served=served,
         endpoints=_urls(cfg.model_dump(mode="json"), ""),
-        poll=poll,
     )
+
+
+def _cost(cost: float | None, served: list[str]) -> float | None:
+    """A stage's cost; replies of models the run serves itself cost nothing (litellm has no price for them)."""
+    return 0.0 if cost is None and served else cost
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -228,8 +216,7 @@ def _filter(recipe: RecipeConfig) -> Stage:
         raise HuarizoError("stage filter: nothing to filter: add a datagen section or set include_seeds: true")
 
     def run(ctx: Context) -> StageResult:
-        from huarizo.datagen.filters import filter_file
-        from huarizo.datagen.generate import load_seeds
+        from huarizo.datagen import filter_file, load_seeds
         from huarizo.formats import convert, read_records, write_records
 
         candidates: list[dict[str, Any]] = []
@@ -244,8 +231,8 @@ def _filter(recipe: RecipeConfig) -> Stage:
         write_records(out / "candidates.jsonl", candidates)
         data, rejects = out / "data.jsonl", out / "rejects.jsonl"
         if candidates:
-            result = filter_file(out / "candidates.jsonl", data, cfg=cfg, rejects=rejects)
-            kept, reasons = len(result.kept), dict(result.counts)
+            r = filter_file(out / "candidates.jsonl", data, cfg=cfg, rejects=rejects)
+            kept, reasons = r.kept, dict(r.reasons)
         else:
             write_records(data, [])
             write_records(rejects, [])
@@ -279,24 +266,21 @@ def _clean(recipe: RecipeConfig) -> Stage:
     out = recipe.run_dir / "clean"
 
     def run(ctx: Context) -> StageResult:
-        from huarizo.datagen.sharegpt import CleanConfig, clean_file
+        from huarizo.datagen import CleanConfig, clean_file
 
         settings = CleanConfig.model_validate(cfg.model_dump(exclude={"files"}))
         outputs: dict[str, Path] = {}
-        kept = dropped = split = 0
+        counts: dict[str, int] = {}
         reasons: dict[str, int] = {}
         for i, src in enumerate(cfg.files):
             dst = out / f"{i}-{Path(src).stem}.json"
-            result = clean_file(src, dst, settings)
+            r = clean_file(src, dst, settings)
             outputs[f"data{i}"] = dst
-            kept, dropped, split = kept + len(result.kept), dropped + len(result.rejected), split + result.split
-            for k, v in result.counts.items():
+            for k, v in r.counts.items():
+                counts[k] = counts.get(k, 0) + v
+            for k, v in r.reasons.items():
                 reasons[k] = reasons.get(k, 0) + v
-        return _result(
-            outputs=outputs,
-            counts={"kept": kept, "rejected": dropped, "split": split},
-            figures={"rejected_by_reason": reasons},
-        )
+        return _result(outputs=outputs, counts=counts, figures={"rejected_by_reason": reasons})
 
     return Stage("clean", stable(cfg.model_dump(mode="json")), run, inputs=[Path(p) for p in cfg.files])
 
@@ -440,28 +424,29 @@ def _answer(recipe: RecipeConfig) -> Stage:
     served = _served_names(recipe, "answer")
 
     def run(ctx: Context) -> StageResult:
-        from huarizo.judge.answer import AnswerConfig
+        from huarizo.judge import AnswerConfig
         from huarizo.pipeline.answers import answer
 
         outputs: dict[str, Path] = {}
         counts: dict[str, int] = {}
         per_model: dict[str, Any] = {}
         prompt = completion = 0
-        cost = 0.0
+        cost: float | None = 0.0
         for name, cfg in entries.items():
             data = resolve_served(cfg.model_dump(mode="json"), ctx)
-            data["cache_dir"] = data.get("cache_dir") or str(ctx.cache("answer"))
+            data["endpoint"]["cache_dir"] = data["endpoint"].get("cache_dir") or str(ctx.cache("answer"))
             r = answer(AnswerConfig.model_validate(data), on_answer=ctx.tick)
             outputs[name] = Path(cfg.out)
             counts |= {f"{name}:{k}": v for k, v in r.counts.items()}
             per_model[name] = dict(r.counts)
-            prompt, completion, cost = prompt + r.prompt_tokens, completion + r.completion_tokens, cost + (r.cost or 0)
+            prompt, completion = prompt + r.prompt_tokens, completion + r.completion_tokens
+            cost = None if cost is None or r.cost is None else cost + r.cost
         return _result(
             outputs=outputs,
             counts=counts,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost=cost,
+            cost=_cost(cost, served),
             figures={"models": per_model},
         )
 
@@ -529,26 +514,22 @@ def _judge(recipe: RecipeConfig) -> Stage:
     produced = {str(a.out) for a in (recipe.answer or {}).values()}
     inputs = [Path(cfg.questions)]
     inputs += [Path(p) for p in [*cfg.answers, cfg.baseline] if p is not None and str(p) not in produced]
-    inputs += [Path(p) for p in [cfg.references, *cfg.labels] if p is not None]
+    inputs += [Path(p) for p in [cfg.references, cfg.instruction_difficulty, *cfg.labels] if p is not None]
 
     def run(ctx: Context) -> StageResult:
-        from huarizo.judge.grade import GradeConfig, grade
+        from huarizo.judge import GradeConfig, grade
 
-        t0 = time.perf_counter()
         data = resolve_served(cfg.model_dump(mode="json"), ctx)
-        data["cache_dir"] = data.get("cache_dir") or str(ctx.cache("judge"))
-        result = grade(GradeConfig.model_validate(data), progress=False)
-        s = result.summary
-        usage = s.get("usage", {})
-        judged = sum(j.error is None for j in result.judgments)
+        data["judge"]["cache_dir"] = data["judge"].get("cache_dir") or str(ctx.cache("judge"))
+        r = grade(GradeConfig.model_validate(data), progress=False)
         return _result(
-            outputs={"summary": result.out / "summary.json", "judgments": result.out / "judgments.jsonl"},
-            counts={"judgments": len(result.judgments), "judged": judged, "errors": len(result.judgments) - judged},
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
-            cost=float(usage.get("cost", 0.0)),
-            seconds=time.perf_counter() - t0,
-            figures={"summary": s, "judgments": [_judgment_outcome(j) for j in result.judgments]},
+            outputs={k: v for k, v in r.outputs.items() if k in ("summary.json", "judgments.jsonl", "report.md")},
+            counts=dict(r.counts),
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            cost=_cost(r.cost, served),
+            seconds=r.seconds,
+            figures={"summary": r.summary},
         )
 
     return Stage(
@@ -560,16 +541,3 @@ def _judge(recipe: RecipeConfig) -> Stage:
         upstream=(["answer"] if recipe.answer is not None else []) + _tuned_upstream(recipe, served),
         endpoints=_urls(cfg.model_dump(mode="json"), "judge"),
     )
-
-
-def _judgment_outcome(j: Any) -> dict[str, Any]:
-    return {
-        "question_id": j.question_id,
-        "turn": j.turn,
-        "model_a": j.model_a,
-        "model_b": j.model_b,
-        "model": j.model,
-        "winner": j.winner,
-        "score": j.score,
-        "error": j.error,
-    }
