@@ -33,10 +33,15 @@ def _run(args: argparse.Namespace) -> int:
 
         from huarizo.pipeline.dryrun import dry_run
 
-        table = Table(title=f"huarizo run {args.config} --dry-run (run folder {recipe.run_dir})", title_justify="left")
+        title = f"huarizo run {args.config} --dry-run (run folder {recipe.run_dir})"
+        rows = dry_run(recipe)
+        if not console.is_terminal:  # plain lines for logs and pipes
+            print(title, *(f"{section:<9} {item}: {finding}" for section, item, finding in rows), sep="\n")
+            return 0
+        table = Table(title=title, title_justify="left")
         for col in ("section", "item", "finding"):
             table.add_column(col)
-        for row in dry_run(recipe):
+        for row in rows:
             table.add_row(*row)
         console.print(table)
         return 0

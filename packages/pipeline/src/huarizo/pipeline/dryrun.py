@@ -130,7 +130,11 @@ def _memory(recipe: RecipeConfig) -> str:
         return f"no estimate: {exc}"
     gib = 1024**3
     return (
-        f"{report.architecture}: {report.params / 1e9:.2f} B parameters ({report.trainable:,} trained); ZeRO-"
+        f"{report.architecture}: {_count(report.params)} parameters ({report.trainable:,} trained); ZeRO-"
         f"{report.stage} on {report.gpus} GPU(s): {report.gpu_bytes / gib:.2f} GiB per GPU for model states "
         f"(activations on top), {report.cpu_bytes / gib:.2f} GiB CPU"
     )
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"

@@ -94,11 +94,14 @@ class Server:
         t0 = time.monotonic()
         config = self.folder / f"{self.name}.yaml"
         self.folder.mkdir(parents=True, exist_ok=True)
-        config.write_text(self.cfg.to_yaml(), encoding="utf-8")
+        cfg, root = self.cfg, None
+        if cfg.backend == "vllm":  # vLLM's server cannot take port 0 and say which port it got: pick one here
+            cfg = cfg.model_copy(update={"port": _free_port(cfg.host)})
+            root = f"http://127.0.0.1:{cfg.port}"
+        config.write_text(cfg.to_yaml(), encoding="utf-8")
         start = self.log.stat().st_size if self.log.exists() else 0
         self.proc = popen([huarizo_command(), "serve", str(config)], self.log, keep_fds=keep_fds)
         deadline = t0 + timeout
-        root = None
         while True:
             try:
                 code = self.proc.wait(timeout=0.25)
@@ -138,6 +141,14 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host if host not in ("0.0.0.0", "") else "127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _healthy(root: str) -> bool:
