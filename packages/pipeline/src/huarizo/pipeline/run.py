@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,11 +62,13 @@ class RunOutcome:
         return [s for s, st in self.statuses.items() if st == "done" and s != "report"]
 
 
-def model_identity(ref: str) -> str:
-    """What a stage's key records of a model: its fingerprint (files' names, sizes, times), or a hub id itself."""
-    from huarizo.formats.models import model_fingerprint
+def model_identity(ref: str, announce: Callable[[str], None] | None = None) -> str:
+    """What a stage's key records of a model: its fingerprint (files' names, sizes, times), or a hub id itself. A
+    model converted on first use (the embedded model) is converted here, saying so through `announce`."""
+    from huarizo.formats.models import model_fingerprint, resolve_model
 
     try:
+        resolve_model(ref, announce=announce)
         return model_fingerprint(ref)
     except HuarizoError:
         raise
@@ -129,7 +131,7 @@ class _Context:
         self.display.progress(self.stage, done, total)
 
 
-def _key(recipe: RecipeConfig, stage: Stage) -> dict[str, Any]:
+def _key(recipe: RecipeConfig, stage: Stage, announce: Callable[[str], None]) -> dict[str, Any]:
     inputs = {}
     for path in stage.inputs:
         if not path.exists():
@@ -139,13 +141,13 @@ def _key(recipe: RecipeConfig, stage: Stage) -> dict[str, Any]:
     for name in stage.served:
         cfg = recipe.serve[name]
         identity = cfg.model_dump(mode="json", exclude={"port", "host", "model_name", "log_level", "api_keys"})
-        identity["model"] = TUNED if cfg.model == TUNED else model_identity(served_model(recipe, name))
+        identity["model"] = TUNED if cfg.model == TUNED else model_identity(served_model(recipe, name), announce)
         served[name] = identity
     return {
         "stage": stage.name,
         "config": stage.config,
         "inputs": inputs,
-        "models": {ref: model_identity(ref) for ref in stage.models},
+        "models": {ref: model_identity(ref, announce) for ref in stage.models},
         "served": served,
         "upstream": {u: manifest_hash(recipe.run_dir / u) for u in stage.upstream},
     }
@@ -265,7 +267,7 @@ def _one_stage(recipe: RecipeConfig, stage: Stage, ctx: _Context, *, selected: b
     display.start(stage.name, stage.total, stage.poll)
     ctx.stage = stage.name
     try:
-        parts = _key(recipe, stage)
+        parts = _key(recipe, stage, display.note)
         key = key_hash(parts)
         manifest = None if forced else up_to_date(folder, key)
         if manifest is not None:
