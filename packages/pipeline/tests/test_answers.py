@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from huarizo.formats.testing import Reply, ScriptedServer
 from huarizo.pipeline import RecipeConfig, run_recipe
@@ -80,3 +81,16 @@ def test_report_escapes_what_models_write(summary: Any) -> None:
     md = (run / "report.md").read_text()
     assert "| oracle | 50 | 100.0% [100.0%, 100.0%] |" in md
     assert "| What is 7 plus 5? | 12 | 12 |" in md
+
+
+def test_from_redoes_that_stage_and_after_it_only(summary: Any) -> None:
+    from huarizo.formats import HuarizoError
+
+    _, run = summary
+    recipe = RecipeConfig.model_validate(yaml.safe_load((run / "recipe.yaml").read_text()))
+    outcome = run_recipe(recipe, start="judge")
+    assert outcome.statuses == {"answer": "kept", "metrics": "kept", "judge": "done", "report": "done"}
+    outcome = run_recipe(recipe, only=["metrics"])
+    assert outcome.statuses["metrics"] == "skipped" and outcome.ran == []
+    with pytest.raises(HuarizoError, match="unknown stage 'train'; this recipe's stages: answer, metrics, judge"):
+        run_recipe(recipe, only=["train"])
