@@ -201,7 +201,9 @@ def plot_funnel(data: dict[str, Any], png: Path) -> Path | None:
         if stage in data:
             d = data[stage]
             if stage == "filter":
-                bars.append(("filter: candidates", d.get("candidates", 0), "#4c72b0"))
+                seeds = d.get("seed_records", 0)
+                label = f"filter: in ({seeds} seed instances + generated)" if seeds else "filter: in"
+                bars.append((label, d.get("candidates", 0), "#4c72b0"))
             for reason, n in sorted(d["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
                 bars.append((f"  rejected: {reason}", -n, "#c44e52"))
             bars.append((f"{stage}: kept (trained on)", d.get("kept", 0), "#55a868"))
@@ -363,8 +365,8 @@ def _md_cell(text: str) -> str:
     return _md(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
 
 
-def _pct(x: Any) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+def _pct(x: Any, digits: int = 1) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
 
 
 def _num(x: Any, digits: int = 3) -> str:
@@ -487,7 +489,7 @@ def write_report(
         doc.h(2, "Judge")
         if j["smoke"]:
             doc.warn(
-                f"The judge is the model {j['served_model']} served by this run, a small base model: a smoke judge. "
+                f"The judge is {j['served_model']} (served by this run), a small base model: a smoke judge. "
                 "Its verdicts show that judging works end to end; they carry no weight as a measure of quality. "
                 "Point the judge at a strong model (a hosted API or a large served model) for verdicts that do."
             )
@@ -504,7 +506,7 @@ def write_report(
                         str(j.get("model")),
                         str(j.get("baseline")),
                         _pct(j.get("win_rate")),
-                        _pct(j.get("standard_error")),
+                        _pct(j.get("standard_error"), 2),
                         _ci(j.get("win_rate_ci")),
                         str(j.get("wins")),
                         str(j.get("ties")),
@@ -530,7 +532,15 @@ def write_report(
         audit = j.get("audit") or {}
         if audit:
             doc.p("Audit of the judge:")
-            doc.table(["check", "value"], [[k.replace("_", " "), _audit(v)] for k, v in audit.items()])
+            rows = []
+            for key, value in audit.items():
+                if isinstance(value, dict):  # per way of reading verdicts: {logprobs: {n, position_consistency}}
+                    for way, sub in value.items():
+                        figures = ", ".join(f"{k.replace('_', ' ')} {_audit(v)}" for k, v in sub.items())
+                        rows.append([f"{key.replace('_', ' ')}: {way}", figures])
+                else:
+                    rows.append([key.replace("_", " "), _audit(value)])
+            doc.table(["check", "value"], rows)
 
     doc.h(2, "Cost and time")
     rows = []
