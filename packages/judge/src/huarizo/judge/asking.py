@@ -92,7 +92,8 @@ class Asker:
         if self.way == "text":
             return await self._text(kind, messages, Reading())
         first = await self._logprobs(kind, messages)
-        if first.value is not None or self.cfg.verdict == "logprobs" or first.error.startswith("request failed"):  # type: ignore[union-attr]
+        failed = first.error is not None and first.error.startswith("request failed")
+        if first.value is not None or self.cfg.verdict == "logprobs" or failed:
             return first
         return await self._text(kind, messages, first)
 

@@ -94,14 +94,15 @@ def _print_grade(s: dict[str, Any]) -> None:
 def _grade(args: argparse.Namespace) -> int:
     from huarizo.judge.config import GradeConfig
     from huarizo.judge.grade import grade
-    from huarizo.judge.results import JudgeIncomplete
+    from huarizo.judge.results import GradeResult, JudgeIncomplete
 
     _key_from_flag(args, "judge")
     cfg = config_from_args(GradeConfig, args)
     try:
         result = grade(cfg)
     except JudgeIncomplete as exc:
-        _print_grade(exc.result.summary)  # type: ignore[attr-defined]
+        if isinstance(exc.result, GradeResult):
+            _print_grade(exc.result.summary)
         raise
     _print_grade(result.summary)
     print(f"wrote {result.out}/summary.json, judgments.jsonl, report.md")

@@ -113,14 +113,15 @@ def _jobs(
     for index, q in enumerate(qs.questions):
         if cfg.mode == "single":
             for m in models + ([baseline] if baseline else []):
-                one = answers[m].get(q.question_id)
-                for t in range(min(len(q.turns), len(one.turns)) if one else 0):
-                    jobs.append(functools.partial(_single, asker, q, one, t, index))  # type: ignore[arg-type]
+                if (one := answers[m].get(q.question_id)) is not None:
+                    turns = range(min(len(q.turns), len(one.turns)))
+                    jobs += [functools.partial(_single, asker, q, one, t, index) for t in turns]
             continue
         for ma, mb in _pairs(models, baseline):
             a, b = answers[ma].get(q.question_id), answers[mb].get(q.question_id)
-            for t in range(min(len(q.turns), len(a.turns), len(b.turns)) if a and b else 0):
-                jobs.append(functools.partial(_pair, asker, q, a, b, t, index))  # type: ignore[arg-type]
+            if a is not None and b is not None:
+                turns = range(min(len(q.turns), len(a.turns), len(b.turns)))
+                jobs += [functools.partial(_pair, asker, q, a, b, t, index) for t in turns]
     if not jobs:
         raise HuarizoError("nothing to grade: no answer matches a question (check --questions and --answers)")
     return jobs

@@ -88,10 +88,10 @@ def write_report(out: Path, s: dict[str, Any], *, plots: bool = True) -> Path:
     if s.get("baseline"):
         lines.append(f"Baseline: `{esc(s['baseline'])}`")
     lines += _verdicts(s)
-    if s["n"]:
+    if s.get("n"):
         lines += _pairwise(s) if s["mode"] == "pairwise" else _single(s)
     lines += _audit(s) + _labels(s) + _harness(s) + _cost(s)
-    if plots and s["n"]:
+    if plots and s.get("n"):
         from huarizo.judge.plots import make_plots
 
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in make_plots(out, s)]
@@ -104,13 +104,14 @@ def _verdicts(s: dict[str, Any]) -> list[str]:
     read = s.get("verdicts_read") or {}
     how = {"logprobs": "from the judge's token probabilities", "text": "from the judge's text"}
     parts = [f"{n} {how.get(way, 'from ' + way + 's')}" for way, n in sorted(read.items())]
-    lines = ["", f"{s['n']} of {s['items']} items judged. Verdicts read: " + ("; ".join(parts) or "none") + "."]
+    n, items = s.get("n", 0), s.get("items", s.get("n", 0))  # summaries of 0.1 have no item count
+    lines = ["", f"{n} of {items} items judged. Verdicts read: " + ("; ".join(parts) or "none") + "."]
     nv = s.get("no_verdict") or {}
     if nv.get("items"):
         why = ", ".join(f"{n} {esc(reason)}" for reason, n in nv["reasons"].items())
         lines += ["", f"**{plural(nv['items'], 'item')} got no verdict** ({why}). Sample replies of the judge:", ""]
         lines += [f"> {esc(r) or '(empty)'}" + "\n" for r in nv["samples"]] or ["> (no reply: every request failed)"]
-    if not s["n"]:
+    if not n:
         lines += ["", "No rating, rate or plot: nothing was judged."]
     return lines
 

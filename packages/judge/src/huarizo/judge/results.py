@@ -18,7 +18,7 @@ from huarizo.judge.report import plural
 class JudgeIncomplete(HuarizoError):
     """Some questions got no answer, or some items no verdict: everything else is written; `result` says what."""
 
-    def __init__(self, message: str, result: StageResult) -> None:
+    def __init__(self, message: str, result: AnswerResult | GradeResult) -> None:
         super().__init__(message)
         self.result = result
 

@@ -4,6 +4,7 @@ judge audit, from a list of judgments however they were made (`grade`) or read (
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,9 +95,11 @@ def rates(js: Sequence[Judgment], model: str | None, opts: SummaryOptions) -> di
 def _length_controlled(
     ok: Sequence[Judgment], out: list[float], diffs: list[int], difficulty: dict[int, float] | None
 ) -> float | None:
-    if not difficulty or not ok or any(j.index not in difficulty for j in ok):
+    """AlpacaEval's formula, when every comparison's instruction has a difficulty."""
+    values = [(difficulty or {}).get(j.index, math.nan) if j.index is not None else math.nan for j in ok]
+    if not ok or any(math.isnan(v) for v in values):
         return None
-    return alpaca_eval_length_controlled(out, diffs, [difficulty[j.index] for j in ok])  # type: ignore[index]
+    return alpaca_eval_length_controlled(out, diffs, values)
 
 
 def audit_pairwise(js: Sequence[Judgment]) -> dict[str, Any]:
@@ -173,7 +176,7 @@ def _label_agreement(js: Sequence[Judgment], labels: Sequence[Label]) -> dict[st
 def _no_verdict(js: Sequence[Judgment]) -> dict[str, Any]:
     """How many items got no verdict, why (grouped), and a few of the judge's replies to them."""
     failed = [j for j in js if j.error is not None]
-    reasons = Counter(j.error.split(":")[0].split(" (")[0] for j in failed)  # type: ignore[union-attr]
+    reasons = Counter(str(j.error).split(":")[0].split(" (")[0] for j in failed)
     samples = [r[:500] for j in failed for r in j.replies if r.strip()][:SAMPLE_REPLIES]
     return {"items": len(failed), "reasons": dict(reasons.most_common()), "samples": samples}
 
