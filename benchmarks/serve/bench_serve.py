@@ -2,8 +2,10 @@
 
 Both servers are real HTTP servers on loopback, serving the same model object in the same run; N concurrent clients
 (1, 4, 16) each send `ROUNDS` completion requests of `MAX_TOKENS` greedy tokens (`ignore_eos`, so every answer has the
-same length). Reported: aggregate generated tokens/s, p50/p95 request latency, and the ratio to the baseline. Also the
-single-stream tokens/s of the model in float32 and bfloat16 (llama.cpp reaches about 79 tok/s on this machine).
+same length). Reported: aggregate generated tokens/s, p50/p95 request latency, and the ratio to the baseline (target:
+3x at 16 clients). Also the single-stream tokens/s of the model in float32 and bfloat16 (llama.cpp reaches about 79
+tok/s on this machine), and what logprobs cost: 16 clients sending chat requests with `logprobs` and
+`top_logprobs=5` against the same requests without, interleaved in the same run (target: < 1.3x the time).
 
     pytest benchmarks/serve -s -o python_files='bench_*.py'
     HUARIZO_BENCH_MODEL=tiny pytest benchmarks/serve -s -o python_files='bench_*.py'   # a quick smoke run
@@ -28,6 +30,7 @@ DTYPE = os.environ.get("HUARIZO_BENCH_DTYPE", "bfloat16")
 MAX_TOKENS = int(os.environ.get("HUARIZO_BENCH_TOKENS", "32"))
 ROUNDS = 2
 LEVELS = (1, 4, 16)
+LOGPROB_CLIENTS = 16
 OUT = Path(__file__).resolve().parent
 
 TOPICS = [
@@ -93,20 +96,30 @@ class _Baseline:
         self.thread.join()
 
 
-async def _load(url: str, clients: int) -> dict[str, float]:
-    """`clients` concurrent clients, each sending ROUNDS requests one after the other."""
+async def _load(url: str, clients: int, top_logprobs: int | None = None) -> dict[str, float]:
+    """`clients` concurrent clients, each sending ROUNDS requests one after the other: completions, or chat
+    completions with `top_logprobs` alternatives per token when it is set (0 or more)."""
     latencies: list[float] = []
     tokens = 0
 
     async def client(c: int, http: httpx.AsyncClient) -> None:
         nonlocal tokens
         for k in range(ROUNDS):
-            body = {"prompt": _prompt(c, k), "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+            body: dict[str, Any] = {"max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+            if top_logprobs is None:
+                body["prompt"] = _prompt(c, k)
+            else:
+                body["messages"] = [{"role": "user", "content": _prompt(c, k)}]
+                if top_logprobs > 0:
+                    body.update(logprobs=True, top_logprobs=top_logprobs)
             start = time.perf_counter()
-            r = await http.post(f"{url}/completions", json=body)
+            r = await http.post(f"{url}/{'completions' if top_logprobs is None else 'chat/completions'}", json=body)
             r.raise_for_status()
             latencies.append(time.perf_counter() - start)
             tokens += r.json()["usage"]["completion_tokens"]
+            if top_logprobs:
+                content = r.json()["choices"][0]["logprobs"]["content"]
+                assert len(content) == MAX_TOKENS and all(len(t["top_logprobs"]) == top_logprobs for t in content)
 
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as http:
         start = time.perf_counter()
@@ -164,6 +177,10 @@ def test_batching_vs_one_at_a_time(benchmark: Any) -> None:
                 rows[c] = {"ours": asyncio.run(_load(server.base_url, c)), "base": asyncio.run(_load(baseline.url, c))}
 
         benchmark.pedantic(run, rounds=1, iterations=1)
+        logprobs: dict[str, list[dict[str, float]]] = {"plain": [], "top5": []}
+        for _ in range(2):  # interleaved as well: plain, top_logprobs=5, plain, top_logprobs=5
+            logprobs["plain"].append(asyncio.run(_load(server.base_url, LOGPROB_CLIENTS, top_logprobs=0)))
+            logprobs["top5"].append(asyncio.run(_load(server.base_url, LOGPROB_CLIENTS, top_logprobs=5)))
         single = {DTYPE: _single_stream(server.served)}
     other = "float32" if DTYPE != "float32" else "bfloat16"
     served = ServedModel.load(cfg.model_copy(update={"dtype": other}))
@@ -187,6 +204,18 @@ def test_batching_vs_one_at_a_time(benchmark: Any) -> None:
             f"{b['p50']:>6.2f} {b['p95']:>6.2f} | {o['tok_s'] / b['tok_s']:.2f}x"
         )
     print("single stream: " + ", ".join(f"{k} {v:.1f} tok/s" for k, v in single.items()) + " (llama.cpp: ~79 tok/s)")
+    plain = statistics.mean(r["tok_s"] for r in logprobs["plain"])
+    top5 = statistics.mean(r["tok_s"] for r in logprobs["top5"])
+    lp_p50 = {k: statistics.mean(r["p50"] for r in v) for k, v in logprobs.items()}
+    print(
+        f"chat, {LOGPROB_CLIENTS} clients: without logprobs {plain:.1f} tok/s (p50 {lp_p50['plain']:.2f} s), "
+        f"top_logprobs=5 {top5:.1f} tok/s (p50 {lp_p50['top5']:.2f} s): a logprobs request costs {plain / top5:.2f}x"
+    )
     print(f"plot: {_plot(rows)}")
-    benchmark.extra_info.update({f"ratio_{c}": rows[c]["ours"]["tok_s"] / rows[c]["base"]["tok_s"] for c in levels})
+    ratios = {c: rows[c]["ours"]["tok_s"] / rows[c]["base"]["tok_s"] for c in levels}
+    benchmark.extra_info.update({f"ratio_{c}": r for c, r in ratios.items()})
+    benchmark.extra_info["logprobs_cost"] = plain / top5
     assert all(rows[c]["ours"]["tokens"] == c * ROUNDS * MAX_TOKENS for c in levels)
+    if MODEL == "embedded":  # the targets are the real model's (the tiny one is all overhead)
+        assert ratios[16] >= 3.0, f"batching is {ratios[16]:.2f}x one-at-a-time at 16 clients (target: 3x)"
+        assert plain / top5 < 1.3, f"a top_logprobs=5 request costs {plain / top5:.2f}x one without (target: < 1.3x)"

@@ -188,7 +188,7 @@ def test_sixteen_concurrent_clients_get_their_own_complete_answers(server: Runni
 @pytest.mark.parametrize(
     ("body", "where"),
     [
-        ({"model": "m"}, "messages"),
+        ({"model": "tiny-test"}, "messages"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
@@ -229,7 +229,9 @@ def test_api_key_required(keyed_server: RunningServer) -> None:
     r = httpx.post(f"{keyed_server.base_url}/chat/completions", json={"messages": MSG})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     for key in ("k1", "k2"):
-        out = _client(keyed_server, key).chat.completions.create(model="x", messages=MSG, max_tokens=3)
+        out = _client(keyed_server, key).chat.completions.create(
+            model=keyed_server.model_name, messages=MSG, max_tokens=3
+        )
         assert out.usage and out.usage.completion_tokens == 3
     assert httpx.get(f"{keyed_server.url}/health").status_code == 200
 

@@ -181,24 +181,104 @@ def test_chat_ctrl_c_exits_cleanly(chat: Terminal) -> None:
     assert chat.proc.wait(timeout=30) == 0
 
 
-def test_vllm_backend(tiny_model_dir: Path) -> None:
-    """`--backend vllm` hands the same model, keys and Huarizo's template to vLLM's server (or says it is missing)."""
-    import importlib.util
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [
+        (["--port", "99999"], "--port"),
+        (["--max-batch-size", "0"], "--max-batch-size"),
+        (["--dtype", "int8"], "--dtype"),
+    ],
+)
+def test_serve_refuses_out_of_range_flags_in_one_line(tiny_model_dir: Path, flags: list[str], flag: str) -> None:
+    out = subprocess.run(
+        [*HUARIZO, "serve", "--model", str(tiny_model_dir), *flags], capture_output=True, text=True, env=ENV
+    )
+    assert out.returncode in (1, 2) and flag in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 1 or "invalid choice" in out.stderr  # argparse's own choices check exits 2
 
+
+def test_serve_options_come_from_the_config_file_set_and_flags(tmp_path: Path) -> None:
+    """One precedence: the YAML file < --set < flags; every ServeConfig key has a flag or --set."""
+    from huarizo.formats.cli import build_parser, config_from_args
     from huarizo.serve import ServeConfig
-    from huarizo.serve.server import vllm_command
 
-    cfg = ServeConfig(model=str(tiny_model_dir), port=9001, api_keys=["k"], model_name="m", backend="vllm")
-    cmd = vllm_command(cfg, "/tmp/t.jinja")
-    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    pairs = dict(zip(cmd[3::2], cmd[4::2], strict=False))
-    assert pairs["--model"] == str(tiny_model_dir) and pairs["--served-model-name"] == "m"
-    assert pairs["--api-key"] == "k" and pairs["--chat-template"] == "/tmp/t.jinja" and pairs["--port"] == "9001"
-    if importlib.util.find_spec("vllm") is None:
-        out = subprocess.run(
-            [*HUARIZO, "serve", "--model", str(tiny_model_dir), "--backend", "vllm"],
-            capture_output=True,
-            text=True,
-            env=ENV,
-        )
-        assert out.returncode == 1 and "needs vLLM" in out.stderr
+    cfg_file = tmp_path / "serve.yaml"
+    cfg_file.write_text("model: tiny\nport: 8001\nmax_batch_size: 4\nhost: 127.0.0.1\nmax_waiting_sequences: 512\n")
+    args = build_parser().parse_args(
+        [
+            *["serve", str(cfg_file), "--set", "port=8002", "--set", "max_batch_size=6", "--port", "8003"],
+            *["--api-key", "a", "--api-key", "b", "--max-sequences-per-request", "32", "--read-timeout", "5"],
+        ]
+    )
+    cfg = config_from_args(ServeConfig, args)
+    assert (cfg.model, cfg.port, cfg.max_batch_size, cfg.max_waiting_sequences) == ("tiny", 8003, 6, 512)
+    assert cfg.api_keys == ["a", "b"] and cfg.max_sequences_per_request == 32 and cfg.read_timeout == 5.0
+    assert cfg.dtype == "auto"
+
+
+def test_serve_warns_when_exposed_without_a_key(tiny_model_dir: Path) -> None:
+    cmd = [*HUARIZO, "serve", "--model", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not any("serving" in line and "/v1" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "huarizo serve exited before serving:\n" + "".join(lines)
+            lines.append(line)
+        assert any("without an API key" in line for line in lines), lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_chat_says_what_the_first_start_prepares(tmp_path: Path) -> None:
+    """The first start of a model that needs preparing (here `tiny`, in an empty cache) says what it does."""
+    env = {**ENV, "HUARIZO_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [*HUARIZO, "chat", "--model", "tiny", "--max-tokens", "4"],
+        input="/exit\n",
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "first use: training the tiny model's tokenizer" in proc.stderr and str(tmp_path / "cache") in proc.stderr
+    again = subprocess.run(
+        [*HUARIZO, "chat", "--model", "tiny"], input="/exit\n", capture_output=True, text=True, env=env
+    )
+    assert again.returncode == 0 and "first use" not in again.stderr
+
+
+def test_chat_keeps_an_interrupted_answer_as_written(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C while the model writes stops the answer; the history (and /save) keep the text it had."""
+    term = Terminal(
+        [*HUARIZO, "chat", "--model", str(tiny_model_dir), "--max-tokens", "900", "--temperature", "0"], tmp_path
+    )
+    try:
+        term.expect("user> ")
+        term.send("Write a very long story.\n")
+        term.expect(r"assistant> \S")  # the answer has started
+        term.send("\x03")
+        term.expect(r" \(stopped\)\n")
+        screen = term.screen
+        shown = screen[screen.rindex("assistant> ") + 11 : screen.rindex(" (stopped)")].replace("^C", "")
+        term.expect("user> ")
+        term.send("/save talk.json\n")
+        term.expect("saved 2 messages")
+        term.send("/exit\n")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.close()
+    turns = json.loads((tmp_path / "talk.json").read_text())[0]["conversations"]
+    assert [t["from"] for t in turns] == ["human", "gpt"]
+    assert turns[1]["value"] == shown and shown and "interrupted" not in shown
+    assert len(shown) < 900
+
+
+def test_chat_dtype_defaults_to_bfloat16_on_cpu() -> None:
+    from huarizo.serve import ChatConfig
+    from huarizo.serve.config import resolve_dtype
+
+    assert ChatConfig().dtype == "auto" and resolve_dtype("auto", "cpu") == "bfloat16"
+    assert resolve_dtype("float32", "cpu") == "float32"

@@ -59,10 +59,19 @@ def test_embedded_engine_matches_transformers_generate(embedded: RunningServer) 
     assert got.choices[0].text == want_text
 
 
-def test_embedded_batches_past_the_sliding_window_exactly(embedded: RunningServer) -> None:
+@pytest.fixture(scope="module")
+def embedded_f32() -> Iterator[RunningServer]:
+    """The embedded model in float32: bfloat16 rounds differently with the batch's shape, so exactness across
+    batch compositions is a float32 property."""
+    with start_server(ServeConfig(model="embedded", port=0, dtype="float32", model_name="embedded")) as server:
+        yield server
+
+
+def test_embedded_batches_past_the_sliding_window_exactly(embedded_f32: RunningServer) -> None:
     """Gemma 3's 512-token sliding window: a long prompt and short ones batched together decode as they do alone."""
     import threading
 
+    embedded = embedded_f32
     client = openai.OpenAI(base_url=embedded.base_url, api_key="none", max_retries=0)
     story = " ".join(f"On day {d} the traveller walked to the next village and wrote a note." for d in range(60))
     prompts = [story + "\nSummary:", "The three primary colours are", "A haiku about rain:", "def fibonacci(n):"]
@@ -80,3 +89,43 @@ def test_embedded_batches_past_the_sliding_window_exactly(embedded: RunningServe
         t.join()
     assert len(embedded.served.tokenizer.encode(story)) > 512
     assert together == alone
+
+
+def test_embedded_newline_stop_inside_gemmas_added_tokens(embedded: RunningServer) -> None:
+    """The issue's repro: Gemma 3 writes "\\n\\n" (one added token) first; stop=["\\n"] answers "" with "stop"."""
+    from huarizo.formats.schemas import Conversation, Message
+
+    served = embedded.served
+    tok = served.tokenizer
+    question = "Question: What is the capital of France?\nAnswer:"
+    conv = Conversation(messages=[Message(role="user", content=question)])
+    prompt = served.template.generation_prompt(conv, eos=tok.eos_token, bos=tok.bos_token or "")
+    client = openai.OpenAI(base_url=embedded.base_url, api_key="none", max_retries=0)
+    free = client.completions.create(model="embedded", prompt=prompt, max_tokens=24, temperature=0, logprobs=0)
+    assert free.choices[0].logprobs and (free.choices[0].logprobs.tokens or [])[0] == "\n\n"
+    stopped = client.completions.create(model="embedded", prompt=prompt, max_tokens=24, temperature=0, stop=["\n"])
+    assert (stopped.choices[0].text, stopped.choices[0].finish_reason) == ("", "stop")
+    streamed = client.completions.create(
+        model="embedded", prompt=prompt, max_tokens=24, temperature=0, stop=["\n"], stream=True
+    )
+    parts = [c.choices[0] for c in streamed if c.choices]
+    assert "".join(p.text for p in parts) == "" and parts[-1].finish_reason == "stop"
+
+
+def test_embedded_echo_logprobs_match_its_forward_pass(embedded: RunningServer) -> None:
+    """lm-eval's loglikelihood request on Gemma 3 (262k vocabulary: the output layer runs a slice at a time)."""
+    import torch
+
+    served = embedded.served
+    model, tok = served.engine.model, served.tokenizer
+    ids = tok.encode("The capital of France is Paris, and the capital of Italy is Rome.")
+    client = openai.OpenAI(base_url=embedded.base_url, api_key="none", max_retries=0)
+    r = client.completions.create(model="embedded", prompt=ids, max_tokens=0, echo=True, logprobs=2)
+    lps = r.choices[0].logprobs
+    assert lps is not None and lps.token_logprobs is not None and lps.token_logprobs[0] is None
+    with torch.inference_mode():
+        want = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    got = lps.token_logprobs[1:]
+    assert len(got) == len(ids) - 1
+    assert max(abs(g - float(want[k, ids[k + 1]])) for k, g in enumerate(got)) < 1e-3
+    assert r.choices[0].text == tok.decode(ids, skip_special_tokens=True)

@@ -6,16 +6,26 @@ Start a server from Python (tests, pipelines) and give its URL to openai or lite
         print(server.base_url, server.model_name)
 """
 
-from huarizo.serve.config import DEFAULT_TEMPLATE, ServeConfig
-from huarizo.serve.engine import Delta, Engine, EngineError, Finished, SamplingParams
+from huarizo.serve.config import DEFAULT_TEMPLATE, ChatConfig, ServeConfig
+from huarizo.serve.engine import (
+    Delta,
+    Engine,
+    EngineBusy,
+    EngineError,
+    Finished,
+    SamplingParams,
+    TokenLogprob,
+)
 from huarizo.serve.model import ServedModel
-from huarizo.serve.server import RunningServer, ServeError, serve, start_server
+from huarizo.serve.server import RunningServer, ServeError, Server, serve, start_server
 
 __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "ChatConfig",
     "Delta",
     "Engine",
+    "EngineBusy",
     "EngineError",
     "Finished",
     "RunningServer",
@@ -23,6 +33,8 @@ __all__ = [
     "ServeConfig",
     "ServeError",
     "ServedModel",
+    "Server",
+    "TokenLogprob",
     "serve",
     "start_server",
 ]

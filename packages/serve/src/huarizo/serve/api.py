@@ -1,31 +1,41 @@
 """The OpenAI-compatible HTTP API (FastAPI): /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics.
 
-Bodies are read and validated here (not by FastAPI) so that every invalid request, an oversized one included, gets
-a 400 with OpenAI's error JSON; a client that goes away cancels its sequences, which frees their batch slots.
+Bodies are read and validated here (not by FastAPI), so that every invalid request gets OpenAI's error JSON naming
+the field: a field the server does not implement is refused (400), never ignored; an unknown model is a 404
+(`model_not_found`); a body that is not JSON a 400 or 415. Parsing, validation and tokenization run in worker threads,
+off the event loop. Every request is bounded: its body (size, and time to arrive), its sequences (prompts x n), and
+the queue it joins (429 with Retry-After when full). A client that goes away cancels its sequences, which frees their
+batch slots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from huarizo.formats.errors import HuarizoError
 from huarizo.formats.schemas import Conversation, Message
 from huarizo.serve.config import ServeConfig
 from huarizo.serve.engine import (
     Delta,
+    EngineBusy,
     EngineError,
     Event,
     Finished,
@@ -37,6 +47,8 @@ from huarizo.serve.engine import (
 from huarizo.serve.model import ServedModel
 from huarizo.serve.tokens import TokenText
 
+log = logging.getLogger("uvicorn.error")  # the server's log: its level is `log_level`
+
 MAX_STOPS = 128
 """Stop strings a request may send (OpenAI allows 4; lm-eval sends its task's `until` list)."""
 MAX_STOP_CHARS = 512
@@ -45,13 +57,18 @@ MAX_LOGPROBS = 20
 """The most alternatives per position (`top_logprobs` of chat, `logprobs` of completions), as OpenAI allows."""
 MAX_LOGIT_BIAS = 1024
 """Entries of `logit_bias` (OpenAI allows 300)."""
+MAX_PREPARING = 256
+"""Requests being parsed and tokenized at once; beyond, 429."""
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 # ---- request bodies -------------------------------------------------------------------------------------------------
 
 
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, presence_penalty, ...) are ignored
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a field the server does not implement is a 400 naming it
 
+
+class _Sampling(_Body):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -60,31 +77,38 @@ class _Sampling(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1, le=128)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False  # vLLM's extension, handy for benchmarks
+    # accepted, and without effect on the answer
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
 
 
-class _TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text"]
-    text: str
+class ChatMessageIn(_Body):
+    """A chat message as OpenAI clients send it (`developer` is read as `system`; content parts must be text)."""
 
-
-class ChatMessageIn(BaseModel):
-    """A chat message as OpenAI clients send it (`developer` is read as `system`)."""
-
-    model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_TextPart]
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, content: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"only text parts are supported by this server (got type {part.get('type')!r})")
+        return content
 
     @property
     def text(self) -> str:
         """The content as one string."""
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return self.content if isinstance(self.content, str) else "".join(p["text"] for p in self.content)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -94,6 +118,16 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    response_format: dict[str, Any] | None = None
+    tool_choice: Literal["none"] | None = None
+    modalities: list[Literal["text"]] | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+        if fmt is not None and fmt != {"type": "text"}:
+            raise ValueError(f'only {{"type": "text"}} is supported by this server (got {json.dumps(fmt)[:80]})')
+        return fmt
 
 
 class CompletionRequest(_Sampling):
@@ -103,28 +137,40 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=0)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1)
+    suffix: str | None = None
 
 
 class APIError(Exception):
     """An error answered with OpenAI's error JSON."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
+        kind = "rate_limit_error" if self.status == 429 else "invalid_request_error"
         if self.status >= 500:
             kind = "server_error"
         err = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": err}, status_code=self.status)
+        return JSONResponse({"error": err}, status_code=self.status, headers=self.headers)
 
 
 def _validation_error(exc: ValidationError) -> APIError:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "list[", "str")))
-    return APIError(400, f"{loc}: {err['msg']}" if loc else err["msg"], param=loc or None)
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "list[", "str", "dict[")))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "not supported by this server"
+    return APIError(400, f"{loc}: {msg}" if loc else msg, param=loc or None)
 
 
 # ---- metrics --------------------------------------------------------------------------------------------------------
@@ -149,10 +195,12 @@ class _Metrics:
 
 
 _ENDPOINTS = {"/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics"}
+_OPEN = {"/health", "/metrics"}
 
 
 class _Guard:
-    """ASGI middleware: bearer-key check on /v1/*, request counts and latency (streams included)."""
+    """ASGI middleware: the bearer-key check (everything but /health and /metrics, /openapi.json included), request
+    counts and latency (streams included)."""
 
     def __init__(self, app: Any, api_keys: tuple[str, ...], metrics: _Metrics) -> None:
         self.app, self.keys, self.metrics = app, {f"Bearer {k}".encode() for k in api_keys}, metrics
@@ -163,11 +211,7 @@ class _Guard:
             return
         path = scope["path"] if scope["path"] in _ENDPOINTS else "other"
         start, status = time.perf_counter(), [500]
-        if (
-            self.keys
-            and scope["path"].startswith("/v1/")
-            and dict(scope["headers"]).get(b"authorization") not in self.keys
-        ):
+        if self.keys and scope["path"] not in _OPEN and dict(scope["headers"]).get(b"authorization") not in self.keys:
             self.metrics.requests.labels(path, "401").inc()
             msg = "invalid or missing API key (send Authorization: Bearer KEY)"
             await APIError(401, msg, code="invalid_api_key").response()(scope, receive, send)
@@ -188,17 +232,34 @@ class _Guard:
 
 # ---- the app --------------------------------------------------------------------------------------------------------
 
+B = TypeVar("B", bound=_Sampling)
+
 
 def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
     """The FastAPI app serving `served` with the limits and keys of `cfg`."""
-    app = FastAPI(title="huarizo serve", docs_url=None, redoc_url=None)
+    workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="huarizo-prepare")
+    preparing = 0
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        workers.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="huarizo serve", docs_url=None, redoc_url=None, lifespan=lifespan)
     metrics = _Metrics(served)
     app.add_middleware(_Guard, api_keys=tuple(cfg.api_keys), metrics=metrics)
     app.state.served, app.state.metrics = served, metrics
+    tokens = TokenText(served.tokenizer)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        where = f"{request.method} {request.url.path}"
+        msg = {404: f"Invalid URL ({where})", 405: f"Method not allowed ({where})"}.get(exc.status_code, exc.detail)
+        return APIError(exc.status_code, str(msg), headers=dict(exc.headers or {})).response()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -220,26 +281,51 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         }
         return {"object": "list", "data": [card]}
 
-    async def read_body(request: Request, model: type[BaseModel]) -> Any:
-        limit = cfg.max_body_bytes
+    async def read_body(request: Request) -> bytes:
+        """The raw body: JSON only, at most `max_body_bytes`, arriving within `read_timeout`."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise APIError(415, f"Content-Type must be application/json (got {media})")
+        limit, close = cfg.max_body_bytes, {"Connection": "close"}  # the rest of the body is never read
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise APIError(400, f"request body of {declared} bytes is over the limit of {limit} bytes")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise APIError(400, f"request body is over the limit of {limit} bytes")
+            raise APIError(400, f"request body of {declared} bytes is over the limit of {limit} bytes", headers=close)
+        body = bytearray()
+        try:
+            async with asyncio.timeout(cfg.read_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise APIError(400, f"request body is over the limit of {limit} bytes", headers=close)
+        except TimeoutError:
+            log.info("%s: the request body did not arrive within %g s; closing", _client(request), cfg.read_timeout)
+            raise APIError(
+                408, f"the request body did not arrive within {cfg.read_timeout:g} s", headers=close
+            ) from None
+        except ClientDisconnect:
+            log.info("%s: the client went away while sending its request", _client(request))
+            raise APIError(499, "client closed the request") from None
+        return bytes(body)
+
+    def parse(body: bytes, kind: type[B]) -> B:
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError:
+            raise APIError(400, "request body is nested too deeply") from None
+        except ValueError as exc:  # not JSON, not UTF-8, or a number too long to read
             raise APIError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise APIError(400, "request body must be a JSON object")
+        name = data.get("model")
+        if isinstance(name, str) and name != served.name:
+            msg = f"The model `{name}` does not exist; this server serves: {served.name}"
+            raise APIError(404, msg, param="model", code="model_not_found")
         try:  # an explicit null means "the default", as OpenAI reads it
-            return model.model_validate({k: v for k, v in data.items() if v is not None})
+            return kind.model_validate({k: v for k, v in data.items() if v is not None})
         except ValidationError as exc:
             raise _validation_error(exc) from None
+        except RecursionError:
+            raise APIError(400, "request body is nested too deeply") from None
 
     def sampling(req: _Sampling, prompt_len: int, *, chat: bool, max_tokens: int | None, **kw: Any) -> Any:
         room = served.context_length - prompt_len
@@ -283,49 +369,76 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             raise APIError(400, msg, param="logit_bias")
         return out
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        req: ChatCompletionRequest = await read_body(request, ChatCompletionRequest)
+    def check_count(prompts: int, n: int) -> None:
+        cap = cfg.max_sequences_per_request
+        if prompts * n > cap:
+            where = "n" if n > 1 else "prompt"
+            msg = f"{where}: {prompts} prompts x n={n} is {prompts * n} sequences; at most {cap} per request"
+            raise APIError(400, msg, param=where)
+
+    def prepare_chat(body: bytes) -> tuple[ChatCompletionRequest, list[_Choice]]:
+        req = parse(body, ChatCompletionRequest)
+        check_count(1, req.n)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
         try:
             msgs = [Message(role="system" if m.role == "developer" else m.role, content=m.text) for m in req.messages]
-            conv = Conversation(messages=msgs)
-            ids = served.chat_prompt(conv)
+            ids = served.chat_prompt(Conversation(messages=msgs))
         except ValidationError as exc:
             raise APIError(400, f"messages: {exc.errors()[0]['msg']}", param="messages") from None
         except HuarizoError as exc:
             raise APIError(400, f"messages: {exc}", param="messages") from None
-        if req.top_logprobs is not None and not req.logprobs:
-            raise APIError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens or req.max_tokens
         params = sampling(req, len(ids), chat=True, max_tokens=max_tokens, logprobs=logprobs)
-        choices = [_Choice(ids, p) for p in _per_choice(params, req.n)]
-        return await _respond(request, req, choices, chat=True)
+        return req, [_Choice(ids, p) for p in _per_choice(params, req.n)]
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        req: CompletionRequest = await read_body(request, CompletionRequest)
+    def prepare_completion(body: bytes) -> tuple[CompletionRequest, list[_Choice]]:
+        req = parse(body, CompletionRequest)
         if (req.best_of or 1) > 1:
             raise APIError(400, "best_of: only 1 is supported by this server", param="best_of")
+        if req.suffix:
+            raise APIError(400, "suffix: not supported by this server", param="suffix")
         if req.max_tokens == 0 and not req.echo:
             raise APIError(400, "max_tokens: 0 is only allowed with echo (to score the prompt)", param="max_tokens")
         p = req.prompt
         prompts: list[Any] = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
+        check_count(len(prompts), req.n)
         if not prompts or any(not x for x in prompts):
             raise APIError(400, "prompt: must not be empty", param="prompt")
         vocab = served.vocab_size
         if any(not 0 <= t < vocab for x in prompts if not isinstance(x, str) for t in x):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
-        ids_of = [served.completion_prompt(x) for x in prompts]
         kw = {"logprobs": req.logprobs, "prompt_logprobs": req.logprobs if req.echo else None}
-        choices = [
-            _Choice(ids, p, _echo_text(served, x) if req.echo else None)
-            for x, ids in zip(prompts, ids_of, strict=True)
-            for p in _per_choice(sampling(req, len(ids), chat=False, max_tokens=req.max_tokens, **kw), req.n)
-        ]
-        return await _respond(request, req, choices, chat=False)
+        choices = []
+        for x in prompts:
+            ids = served.completion_prompt(x)
+            params = sampling(req, len(ids), chat=False, max_tokens=req.max_tokens, **kw)
+            echo = _echo_text(served, x) if req.echo else None
+            choices += [_Choice(ids, sp, echo) for sp in _per_choice(params, req.n)]
+        return req, choices
 
-    tokens = TokenText(served.tokenizer)
+    async def prepare(request: Request, fn: Callable[[bytes], tuple[B, list[_Choice]]]) -> tuple[B, list[_Choice]]:
+        """Read the body here; parse, validate and tokenize it in a worker thread (never on the event loop)."""
+        nonlocal preparing
+        if preparing >= MAX_PREPARING:
+            raise APIError(429, "the server is busy reading other requests; retry later", headers={"Retry-After": "1"})
+        preparing += 1
+        try:
+            body = await read_body(request)
+            return await asyncio.get_running_loop().run_in_executor(workers, fn, body)
+        finally:
+            preparing -= 1
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req, choices = await prepare(request, prepare_chat)
+        return await _respond(request, req, choices, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        req, choices = await prepare(request, prepare_completion)
+        return await _respond(request, req, choices, chat=False)
 
     async def _respond(request: Request, req: _Sampling, choices: list[_Choice], chat: bool) -> Response:
         started = time.perf_counter()
@@ -340,16 +453,16 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
                 try:
                     loop.call_soon_threadsafe(events.put_nowait, (i, ev))
                 except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-                    handles[i].cancel()
+                    for h in handles:
+                        h.cancel()
 
             return sink
 
         try:
-            for i, c in enumerate(choices):
-                handles.append(served.engine.submit(c.prompt_ids, c.params, sink_for(i)))
+            handles += served.engine.submit_many([(c.prompt_ids, c.params, sink_for(i)) for i, c in enumerate(choices)])
+        except EngineBusy as exc:
+            raise APIError(429, str(exc), code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
         except EngineError as exc:
-            for h in handles:
-                h.cancel()
             raise APIError(400, str(exc)) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         head = {"id": rid, "created": int(time.time()), "model": served.name}
@@ -384,6 +497,10 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         return JSONResponse({**head, "object": obj, "choices": out, "usage": _usage(finished, chat)})
 
     return app
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
 
 
 @dataclasses.dataclass(frozen=True)

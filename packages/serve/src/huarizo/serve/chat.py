@@ -1,7 +1,8 @@
 """`huarizo chat`: a multi-turn chat in the terminal that streams the answer as it is generated.
 
 Commands: `/reset` starts over, `/save FILE` writes the conversation as ShareGPT (.json or .jsonl), `/exit`.
-Ctrl-D or Ctrl-C at the prompt quits; Ctrl-C while the model writes stops that answer.
+Ctrl-D or Ctrl-C at the prompt quits; Ctrl-C while the model writes stops that answer, which the conversation (and
+`/save`) keeps as far as it was written.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from huarizo.formats.convert import from_conversation
 from huarizo.formats.errors import HuarizoError
 from huarizo.formats.io import write_records
 from huarizo.formats.schemas import Conversation, Message
-from huarizo.serve.engine import Delta, Finished
+from huarizo.serve.engine import Delta
 from huarizo.serve.model import ServedModel
 
 HELP = "commands: /reset (new conversation), /save FILE (ShareGPT .json/.jsonl), /exit; Ctrl-D quits"
@@ -67,18 +68,23 @@ def chat_loop(
         params = served.params(chat=True, max_tokens=min(max_tokens, room), temperature=temperature)
         print("assistant> ", end="", file=out, flush=True)
         stream = served.engine.stream(ids, params)
-        answer = ""
+        shown: list[str] = []
+        interrupted = False
         try:
             for ev in stream:
                 if isinstance(ev, Delta):
                     print(ev.text, end="", file=out, flush=True)
-                elif isinstance(ev, Finished):
-                    answer = ev.text
-        except KeyboardInterrupt:
+                    shown.append(ev.text)
+        except KeyboardInterrupt:  # the answer stops here; the history keeps what was written
             stream.close()
-            answer = "(interrupted)"
+            interrupted = True
+            print(" (stopped)", end="", file=out, flush=True)
         print(file=out, flush=True)
-        messages.append(Message(role="assistant", content=answer))
+        answer = "".join(shown)
+        if interrupted and not answer:  # nothing written: the question goes too, so turns keep alternating
+            messages.pop()
+        else:
+            messages.append(Message(role="assistant", content=answer))
 
 
 def _save(messages: list[Message], path: str, out: TextIO) -> None:

@@ -33,6 +33,10 @@ class EngineError(HuarizoError):
     """A request the engine cannot serve (too long for the context, engine closed)."""
 
 
+class EngineBusy(EngineError):
+    """The waiting queue is full: the request was not queued; try again later."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one sequence is generated. `temperature == 0` is greedy decoding; `max_tokens == 0` only reads the
@@ -233,6 +237,7 @@ class Engine:
         *,
         max_batch_size: int = 16,
         max_model_len: int | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         import torch
 
@@ -240,6 +245,7 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
         cfg = getattr(model.config, "get_text_config", lambda: model.config)()
         ctx = getattr(cfg, "max_position_embeddings", None) or 2048
         self.max_model_len = min(max_model_len or ctx, ctx)
@@ -262,6 +268,7 @@ class Engine:
         self.prompt_logprobs_supported = self._head_matches()
         self.stats = EngineStats()
         self._queue: queue.Queue[_Seq | None] = queue.Queue()
+        self._admit = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="huarizo-engine", daemon=True)
         self._thread.start()
@@ -270,8 +277,27 @@ class Engine:
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> RequestHandle:
         """Queue a sequence; `sink` gets its `Delta`s and one `Finished`, called from the engine thread."""
+        return self.submit_many([(prompt_ids, params, sink)])[0]
+
+    def submit_many(self, items: Sequence[tuple[Sequence[int], SamplingParams, Sink]]) -> list[RequestHandle]:
+        """Queue several sequences, all or none: `EngineBusy` when they would take the waiting queue past
+        `max_waiting`, `EngineError` when one of them cannot be served."""
         if self._closed:
             raise EngineError("the engine is closed")
+        seqs = [self._new_seq(ids, params, sink) for ids, params, sink in items]
+        with self._admit:
+            waiting = self._queue.qsize()
+            if self.max_waiting is not None and waiting + len(seqs) > self.max_waiting:
+                raise EngineBusy(
+                    f"the server is busy: {waiting} sequences are waiting for a batch slot and this request adds "
+                    f"{len(seqs)} (at most {self.max_waiting} may wait); retry later"
+                )
+            for seq in seqs:
+                self._queue.put(seq)
+        self.stats.waiting = self._queue.qsize()
+        return [RequestHandle(seq) for seq in seqs]
+
+    def _new_seq(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> _Seq:
         if not prompt_ids:
             raise EngineError("the prompt is empty")
         if params.prompt_logprobs is not None and not self.prompt_logprobs_supported:
@@ -281,13 +307,9 @@ class Engine:
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's context "
                 f"of {self.max_model_len} tokens"
             )
-        torch = self.torch
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(params.seed if params.seed is not None else int(torch.seed()) % (2**63))
-        seq = _Seq(list(prompt_ids), params, sink, TextTracker(self.tokenizer, prompt_ids, params.stop), gen)
-        self._queue.put(seq)
-        self.stats.waiting = self._queue.qsize()
-        return RequestHandle(seq)
+        gen = self.torch.Generator(device="cpu")
+        gen.manual_seed(params.seed if params.seed is not None else int(self.torch.seed()) % (2**63))
+        return _Seq(list(prompt_ids), params, sink, TextTracker(self.tokenizer, prompt_ids, params.stop), gen)
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generator[Event, None, None]:
         """Generate synchronously, yielding events as they come; closing the iterator cancels the sequence."""
@@ -464,7 +486,8 @@ class Engine:
         tokens = []
         for i, s in enumerate(seqs):
             p = s.params
-            row = self._adjust(logits[i], s)
+            adjusted = self._adjust(logits[i], s)
+            row = logits[i] if adjusted is None else adjusted
             if p.temperature > 0:
                 if 0 < p.top_k < row.shape[-1]:
                     row = row.masked_fill(row < row.topk(p.top_k).values[-1], float("-inf"))
@@ -475,7 +498,7 @@ class Engine:
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
                 tokens.append(int(torch.multinomial(probs.cpu(), 1, generator=s.generator)))
             else:
-                tokens.append(greedy[i] if row is logits[i] else int(row.argmax()))
+                tokens.append(greedy[i] if adjusted is None else int(row.argmax()))
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         if want:  # one log-softmax and one top-k for the rows that asked
@@ -489,12 +512,15 @@ class Engine:
             self._accept(s, token, logprob)
 
     def _adjust(self, row: Any, s: _Seq) -> Any:
-        """The row of logits with the sequence's logit bias and penalties applied (the same row when it has none)."""
+        """The row of logits with the sequence's logit bias and penalties applied; None when it has none."""
         p, torch = s.params, self.torch
+        penalised = bool(s.counts) and bool(p.presence_penalty or p.frequency_penalty)
+        if not p.logit_bias and not penalised:
+            return None
         if p.logit_bias:
             ids, bias = zip(*p.logit_bias, strict=True)
             row = row.index_add(0, torch.tensor(ids, device=row.device), torch.tensor(bias, device=row.device))
-        if s.counts and (p.presence_penalty or p.frequency_penalty):
+        if penalised:
             ids = torch.tensor(list(s.counts), device=row.device)
             counts = torch.tensor(list(s.counts.values()), dtype=row.dtype, device=row.device)
             row = row.index_add(0, ids, -(p.frequency_penalty * counts + p.presence_penalty))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huarizo.formats.schemas import Conversation
 from huarizo.formats.templates import Template, get_template, template_for_tokenizer
-from huarizo.serve.config import DEFAULT_TEMPLATE, ServeConfig
+from huarizo.serve.config import DEFAULT_TEMPLATE, ServeConfig, resolve_dtype
 from huarizo.serve.engine import Engine, SamplingParams
 
 
@@ -18,6 +18,21 @@ def default_model_name(ref: str) -> str:
     """The name a model reference is served under: `embedded`, `tiny`, a folder's or file's name, a hub id."""
     path = Path(ref)
     return path.stem if path.suffix == ".gguf" else path.name if path.exists() else ref
+
+
+def served_fingerprint(ref: str, dtype: str, template: str) -> str:
+    """What `/v1/models` reports as `fingerprint`: changes with the model's files, its dtype or its template."""
+    from huarizo.formats.models import model_fingerprint
+
+    return hashlib.sha256(f"{model_fingerprint(ref)} {dtype} {template}".encode()).hexdigest()[:16]
+
+
+def served_template(cfg: ServeConfig, tokenizer: Any) -> Template:
+    """The template that decides prompts and stop strings: `cfg.template`, else the one the model was trained with
+    (its chat template), else the default."""
+    if cfg.template:
+        return get_template(cfg.template, tokenizer)
+    return template_for_tokenizer(tokenizer, DEFAULT_TEMPLATE)
 
 
 def split_stops(tokenizer: Any, stops: Sequence[str]) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -41,22 +56,25 @@ class ServedModel:
     fingerprint: str = ""
 
     @classmethod
-    def load(cls, cfg: ServeConfig) -> ServedModel:
-        """Load the model of `cfg` and start its engine."""
-        from huarizo.formats.models import load_causal_lm, model_fingerprint
+    def load(cls, cfg: ServeConfig, announce: Callable[[str], None] | None = None) -> ServedModel:
+        """Load the model of `cfg` and start its engine (a first-use conversion of the model says so to
+        `announce`)."""
+        from huarizo.formats.models import load_causal_lm
 
-        model, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        dtype = resolve_dtype(cfg.dtype, cfg.device)
+        model, tokenizer = load_causal_lm(cfg.model, dtype=dtype, device=cfg.device, announce=announce)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        template = (
-            get_template(cfg.template, tokenizer)
-            if cfg.template
-            else template_for_tokenizer(tokenizer, DEFAULT_TEMPLATE)
+        template = served_template(cfg, tokenizer)
+        engine = Engine(
+            model,
+            tokenizer,
+            max_batch_size=cfg.max_batch_size,
+            max_model_len=cfg.max_model_len,
+            max_waiting=cfg.max_waiting_sequences,
         )
-        engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size, max_model_len=cfg.max_model_len)
         name = cfg.model_name or default_model_name(cfg.model)
-        fingerprint = hashlib.sha256(f"{model_fingerprint(cfg.model)} {cfg.dtype} {template.name}".encode())
-        return cls(engine, tokenizer, template, name, fingerprint.hexdigest()[:16])
+        return cls(engine, tokenizer, template, name, served_fingerprint(cfg.model, dtype, template.name))
 
     @property
     def context_length(self) -> int:

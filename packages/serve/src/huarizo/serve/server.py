@@ -1,4 +1,5 @@
-"""Starting a server: `serve(cfg)` blocks (the CLI), `start_server(cfg)` runs one in a thread (tests, pipelines)::
+"""Starting a server: `serve(cfg)` blocks (the CLI), `start_server(cfg)` runs one in the background (tests,
+pipelines), with Huarizo's engine in a thread or, with `backend: vllm`, vLLM's server in a child process::
 
 with start_server(ServeConfig(model="tiny", port=0)) as server:
     client = openai.OpenAI(base_url=server.base_url, api_key="none")
@@ -8,21 +9,21 @@ with start_server(ServeConfig(model="tiny", port=0)) as server:
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
+import ipaddress
+import logging
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from huarizo.formats.errors import HuarizoError
-from huarizo.serve.config import DEFAULT_TEMPLATE, ServeConfig
+from huarizo.serve.config import ServeConfig
 from huarizo.serve.model import ServedModel, default_model_name
+
+log = logging.getLogger("huarizo.serve")
 
 
 class ServeError(HuarizoError):
@@ -43,32 +44,78 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def warn_if_exposed(cfg: ServeConfig) -> None:
+    """Warn when the server listens beyond this machine without an API key."""
+    if cfg.api_keys:
+        return
+    try:
+        loopback = ipaddress.ip_address(cfg.host).is_loopback
+    except ValueError:
+        loopback = cfg.host == "localhost"
+    if not loopback:
+        log.warning(
+            "serving on %s without an API key: anyone who can reach this address can use the model "
+            "(set --api-key, or bind 127.0.0.1)",
+            cfg.host,
+        )
+
+
+def _protocol(read_timeout: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers do not arrive within `read_timeout`
+    seconds of connecting or of the last response (a half-open or stalled client never holds a connection).
+    Bodies have the same time, counted by the API."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(read_timeout, self._late)
+
+        def _late(self) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.logger.info("%s: no request within %g s; closing", self.client, read_timeout)
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+    return Protocol
+
+
 def _uvicorn(served: ServedModel, cfg: ServeConfig) -> Any:
     import uvicorn
 
     from huarizo.serve.api import create_app
 
-    config = uvicorn.Config(create_app(served, cfg), log_level=cfg.log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        create_app(served, cfg),
+        http=_protocol(cfg.read_timeout),
+        log_level=cfg.log_level,
+        timeout_graceful_shutdown=5,
+    )
     return uvicorn.Server(config)
 
 
-class RunningServer:
-    """A server running in a background thread; `base_url` is what OpenAI clients and litellm take."""
+class Server:
+    """A server running in the background; `base_url` is what OpenAI clients and litellm take. A context manager."""
 
-    def __init__(self, cfg: ServeConfig, served: ServedModel | None = None) -> None:
-        self.cfg = cfg
-        self.served = served or ServedModel.load(cfg)
-        self._sock = _bind(cfg.host, cfg.port)
-        self.port: int = self._sock.getsockname()[1]
-        self._server = _uvicorn(self.served, cfg)
-        self._thread = threading.Thread(target=self._run, name="huarizo-serve", daemon=True)
-        self._error: BaseException | None = None
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._server.serve(sockets=[self._sock]))
-        except BaseException as exc:  # reported by start()
-            self._error = exc
+    cfg: ServeConfig
+    port: int
 
     @property
     def url(self) -> str:
@@ -80,6 +127,45 @@ class RunningServer:
     def base_url(self) -> str:
         """The OpenAI base URL (`.../v1`)."""
         return f"{self.url}/v1"
+
+    @property
+    def model_name(self) -> str:
+        """The model id the server reports."""
+        return self.cfg.model_name or default_model_name(self.cfg.model)
+
+    def start(self, timeout: float = 60.0) -> Server:
+        """Start serving; returns once the server accepts requests."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class RunningServer(Server):
+    """Huarizo's engine behind its OpenAI API, served from a background thread; `served` is the loaded model."""
+
+    def __init__(self, cfg: ServeConfig, served: ServedModel | None = None) -> None:
+        warn_if_exposed(cfg)
+        self.cfg = cfg
+        self.served = served or ServedModel.load(cfg)
+        self._sock = _bind(cfg.host, cfg.port)
+        self.port = self._sock.getsockname()[1]
+        self._server = _uvicorn(self.served, cfg)
+        self._thread = threading.Thread(target=self._run, name="huarizo-serve", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._server.serve(sockets=[self._sock]))
+        except BaseException as exc:  # reported by start()
+            self._error = exc
 
     @property
     def model_name(self) -> str:
@@ -108,20 +194,28 @@ class RunningServer:
     def __enter__(self) -> RunningServer:
         return self if self._thread.is_alive() else self.start()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
+def start_server(cfg: ServeConfig, served: ServedModel | None = None) -> Server:
+    """Start a server in the background and return it once it answers; use it as a context manager.
 
-def start_server(cfg: ServeConfig, served: ServedModel | None = None) -> RunningServer:
-    """Load the model (unless `served` is given) and start a server in a thread; use it as a context manager."""
+    `backend: hf` loads the model (unless `served` is given) and serves it from a thread (a `RunningServer`);
+    `backend: vllm` runs vLLM's OpenAI server in a child process (a `VLLMServer`).
+    """
+    if cfg.backend == "vllm":
+        from huarizo.serve.vllm import VLLMServer
+
+        return VLLMServer(cfg).start()
     return RunningServer(cfg, served).start()
 
 
 def serve(cfg: ServeConfig, *, announce: Callable[[str], None] = print) -> int:
     """Serve until interrupted (Ctrl-C); prints the base URL once it accepts connections."""
     if cfg.backend == "vllm":
-        return run_vllm(cfg)
-    served = ServedModel.load(cfg)
+        from huarizo.serve.vllm import exec_vllm
+
+        return exec_vllm(cfg)
+    warn_if_exposed(cfg)
+    served = ServedModel.load(cfg, announce=lambda line: print(line, file=sys.stderr, flush=True))
     sock = _bind(cfg.host, cfg.port)
     server = _uvicorn(served, cfg)
     port = sock.getsockname()[1]
@@ -146,43 +240,3 @@ def serve(cfg: ServeConfig, *, announce: Callable[[str], None] = print) -> int:
         sock.close()
         served.close()
     return 0
-
-
-def vllm_command(cfg: ServeConfig, chat_template: str | None = None) -> list[str]:
-    """The command line that runs vLLM's OpenAI server for `cfg`."""
-    from huarizo.formats.models import resolve_model
-
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(cfg.model)]
-    cmd += ["--host", cfg.host, "--port", str(cfg.port), "--dtype", cfg.dtype]
-    cmd += ["--served-model-name", cfg.model_name or default_model_name(cfg.model)]
-    cmd += ["--max-num-seqs", str(cfg.max_batch_size)]
-    if cfg.max_model_len:
-        cmd += ["--max-model-len", str(cfg.max_model_len)]
-    for key in cfg.api_keys:
-        cmd += ["--api-key", key]
-    if chat_template:
-        cmd += ["--chat-template", chat_template]
-    return cmd
-
-
-def run_vllm(cfg: ServeConfig) -> int:
-    """Replace this process by vLLM's OpenAI server, with Huarizo's template as its chat template."""
-    if importlib.util.find_spec("vllm") is None:
-        raise ServeError("--backend vllm needs vLLM on a GPU machine: pip install vllm")
-    from transformers import AutoTokenizer
-
-    from huarizo.formats.models import resolve_model
-    from huarizo.formats.templates import ChatTemplate, get_template, template_for_tokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
-    template = (
-        get_template(cfg.template, tokenizer) if cfg.template else template_for_tokenizer(tokenizer, DEFAULT_TEMPLATE)
-    )
-    jinja = None
-    if isinstance(template, ChatTemplate):
-        fd, jinja = tempfile.mkstemp(prefix="huarizo-template-", suffix=".jinja")
-        Path(jinja).write_text(template.to_jinja())
-        os.close(fd)
-    cmd = vllm_command(cfg, jinja)
-    os.execv(cmd[0], cmd)
-    return 0  # pragma: no cover

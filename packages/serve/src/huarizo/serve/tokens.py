@@ -53,6 +53,7 @@ class TokenText:
         self._metaspace = "Metaspace" in kinds
         self._known = bool(kinds & {"ByteLevel", "ByteFallback", "Metaspace"})
         self._bytes: dict[int, bytes] = {}
+        self._strings: dict[int, str] = {}
 
     def is_special(self, token_id: int) -> bool:
         """Whether the token is special (skipped in decoded text: BOS, EOS, turn markers)."""
@@ -83,8 +84,12 @@ class TokenText:
 
     def string(self, token_id: int) -> str:
         """The token as OpenAI shows it: its text, or `bytes:\\xNN...` when its bytes are not valid UTF-8 alone."""
-        raw = self.token_bytes(token_id)
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        got = self._strings.get(token_id)
+        if got is None:
+            raw = self.token_bytes(token_id)
+            try:
+                got = raw.decode()
+            except UnicodeDecodeError:
+                got = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            self._strings[token_id] = got
+        return got
