@@ -109,3 +109,27 @@ def test_unrepresentable_answer_raises_instead_of_training_garbage(tmp_path: Pat
     with pytest.raises(MaskError, match="do not decode to the answer") as info:
         tokenize_conversations([conv], get_template("vicuna_v1.1"), fast, 128)
     assert "bonjour" in str(info.value) and "<unk>" in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["answer", "prompt"])
+def test_a_huge_record_is_cut_by_characters_and_keeps_the_tokenizers_first_tokens(
+    tiny_tokenizer: Any, where: str
+) -> None:
+    """A 1 MB record is cut before it is tokenized (at a bound derived from max_length), and its sample is exactly
+    the first max_length tokens of the whole text as the tokenizer encodes it."""
+    from huarizo.formats.masking import char_limit
+
+    huge = "".join(f"{w} " if i % 7 else f"{w},\n" for i, w in enumerate(["sea", "wind", "over", "tall"] * 60_000))
+    user, answer = (huge, "Short answer.") if where == "prompt" else ("Write a long text.", huge)
+    conv = Conversation(messages=[Message(role="user", content=user), Message(role="assistant", content=answer)])
+    assert char_limit(tiny_tokenizer.backend_tokenizer, 256) < len(huge) // 50
+    samples, stats = tokenize_conversations([conv], ALPACA, tiny_tokenizer, 256)
+    whole = tiny_tokenizer(ALPACA.generation_prompt(Conversation(messages=conv.messages[:1])) + answer)["input_ids"]
+    assert stats.truncated == 1
+    if where == "prompt":
+        assert not samples and stats.dropped["no trained token after truncation"] == 1
+        return
+    (sample,) = samples
+    assert sample.input_ids.tolist() == whole[:256]
+    prompt = len(tiny_tokenizer(ALPACA.generation_prompt(Conversation(messages=conv.messages[:1])))["input_ids"])
+    assert sample.labels.tolist() == [IGNORE_INDEX] * prompt + whole[prompt:256]

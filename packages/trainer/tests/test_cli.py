@@ -132,3 +132,96 @@ def test_users_ds_config_keeps_its_sections_and_gets_our_batch_sizes(tmp_path: P
     assert conf["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 5e7} and conf["bf16"] == {"enabled": False}
     assert (conf["train_micro_batch_size_per_gpu"], conf["gradient_accumulation_steps"]) == (3, 5)
     assert conf["train_batch_size"] == 60 and conf["gradient_clipping"] == 0.5
+
+
+def _probe(tmp: Path, kind: str) -> tuple[list[str], str]:
+    """`huarizo train` arguments for one bad input, and the start of the one line it must print."""
+    good = str(REPO / "configs/train/data/tiny-alpaca.json")
+    out = tmp / "out"
+    base = ["--set", f"output_dir={out}", "--set", f"data.files=[{good}]"]
+    if kind == "config-folder":
+        (tmp / "cfg.yaml").mkdir()
+        return [str(tmp / "cfg.yaml")], f"{tmp / 'cfg.yaml'}: is a folder, not a config file"
+    if kind == "config-not-utf8":
+        (tmp / "cfg.yaml").write_bytes(b"model:\n  ref: caf\xe9\n")
+        return [str(tmp / "cfg.yaml")], f"{tmp / 'cfg.yaml'}: line 2: not UTF-8 text (byte 0xe9 at byte offset 17"
+    data = tmp / "data.json"
+    args = [str(TINY_CPU), "--set", f"output_dir={out}", "--set", f"data.files=[{data}]"]
+    if kind == "data-folder":
+        data.mkdir()
+        return args, f"data.files: {data}: is a folder, not a data file"
+    if kind == "data-not-utf8":
+        data.write_bytes(b'[{"instruction": "caf\xe9", "output": "x"}]')
+        return args, f"{data}: line 1: not UTF-8 text (byte 0xe9 at byte offset 21"
+    if kind == "data-empty":
+        data.write_text("[]")
+        return args, f"{data}: no records"
+    if kind == "data-deep":
+        data.write_bytes(b'[{"instruction": "a", "output": "b"},\n' + b"[" * 100_000 + b"]" * 100_000 + b"]")
+        return args, f"{data}: record 1 (line 2): JSON nested too deeply"
+    args = [str(TINY_CPU), *base]
+    if kind == "output-is-a-file":
+        out.write_text("keep me\n")
+        return args, f"output_dir: {out}: is a file, not a folder"
+    if kind == "output-unwritable":  # /proc takes no new file, even from root
+        return [str(TINY_CPU), "--set", f"data.files=[{good}]", "--set", "output_dir=/proc/huarizo/run"], (
+            "output_dir: /proc/huarizo/run: cannot write into /proc ("
+        )
+    if kind == "override-unknown-key":
+        return [*args, "--set", "model.config_overrides={hiden_size: 8}"], (
+            "model.config_overrides: 'hiden_size' is not a setting of llama models"
+        )
+    if kind == "override-bad-type":
+        return [*args, "--set", "model.config_overrides={num_hidden_layers: many}"], (
+            "model.config_overrides: num_hidden_layers='many': StrictDataclassFieldValidationError: Validation error "
+            "for field 'num_hidden_layers': TypeError: Field 'num_hidden_layers' expected int, got str"
+        )
+    if kind == "override-bad-value":
+        return [*args, "--set", "model.config_overrides={hidden_size: -64}"], (
+            "model.config_overrides {'hidden_size': -64}: the model cannot be built with them ("
+        )
+    if kind == "ds-config-missing":
+        return [*args, "--set", f"deepspeed.config_file={tmp / 'ds.json'}"], (
+            "invalid TrainConfig config:   --set: deepspeed.config_file: Path does not point to a file"
+        )
+    if kind == "ds-config-not-json":
+        (tmp / "ds.json").write_text('{"zero_optimization": {"stage": 2},\n}')
+        return [*args, "--set", f"deepspeed.config_file={tmp / 'ds.json'}"], (
+            f"deepspeed.config_file: {tmp / 'ds.json'}: line 2: not valid JSON ("
+        )
+    raise AssertionError(kind)
+
+
+PROBES = [
+    "config-folder",
+    "config-not-utf8",
+    "data-folder",
+    "data-not-utf8",
+    "data-empty",
+    "data-deep",
+    "output-is-a-file",
+    "output-unwritable",
+    "override-unknown-key",
+    "override-bad-type",
+    "override-bad-value",
+    "ds-config-missing",
+    "ds-config-not-json",
+]
+
+
+@pytest.mark.parametrize("kind", PROBES)
+def test_bad_inputs_are_one_line_and_touch_no_output(tmp_path: Path, kind: str) -> None:
+    """Each bad file or setting: exit 1, one line naming the file (or key), the line where there is one, and the
+    cause; no traceback; the output folder is neither created nor changed."""
+    if kind == "output-unwritable" and not Path("/proc/self").exists():
+        pytest.skip("needs Linux's /proc")
+    args, message = _probe(tmp_path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = _huarizo("train", *args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == (2 if kind == "ds-config-missing" else 1), lines  # a config error lists its keys below
+    assert " ".join(lines).startswith(f"error: {message}"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output folder, no file written
+    if kind == "output-is-a-file":
+        assert (tmp_path / "out").read_text() == "keep me\n"

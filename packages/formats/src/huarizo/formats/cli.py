@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from huarizo.formats.io import read_records
 
+    _at_least("--max-errors", args.max_errors, 0)
     result = read_records(args.file, args.format, skip_invalid=True)
     total = len(result.records) + len(result.errors)
     print(f"{args.file}: {total} records ({result.format}), {len(result.records)} valid, {len(result.errors)} invalid")

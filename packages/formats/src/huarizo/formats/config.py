@@ -47,8 +47,45 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        except RecursionError:
+            raise ConfigError(f"--set {key.strip()}: value nested too deeply") from None
         _set_path(data, key.strip(), value)
     return data
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML config file as a dict; every way it can fail to read is a `ConfigError` naming the file, the line (for
+    bytes that are not UTF-8, the byte offset) and the cause."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: is a folder, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read it ({exc.strerror or exc})") from None
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start
+        line = raw.count(b"\n", 0, at) + 1
+        raise ConfigError(
+            f"{source}: line {line}: not UTF-8 text (byte 0x{raw[at]:02x} at byte offset {at}: {exc.reason})"
+        ) from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: {where}not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    return loaded or {}
 
 
 class HuarizoConfig(BaseModel):
@@ -72,15 +109,7 @@ class HuarizoConfig(BaseModel):
         source = str(path) if path is not None else "the command line"
         data: dict[str, Any] = {}
         if path is not None:
-            try:
-                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
-            except FileNotFoundError:
-                raise ConfigError(f"{source}: no such config file") from None
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ConfigError(f"{source}: the top level must be a mapping of keys")
-            data = loaded or {}
+            data = read_yaml(path)
         sources = {o.partition("=")[0].strip(): "--set" for o in overrides}
         apply_overrides(data, overrides)
         for key, value in (flags or {}).items():

@@ -1,7 +1,9 @@
 """Reading and writing record files: JSON arrays, JSONL and Parquet, chosen by extension.
 
 Reading streams JSONL line by line; errors name the file, the line (JSONL) or record index (JSON, Parquet) and the
-field. Writing is atomic (temporary file + rename); `JsonlAppender` appends resumably for long-running jobs.
+field. Every way a file can fail to read (a folder, no permission, bytes that are not UTF-8, JSON nested deeper than
+the parser's stack, no records at all) is a `HuarizoError` naming the file, the line (and for bytes, the byte offset)
+and the cause. Writing is atomic (temporary file + rename); `JsonlAppender` appends resumably for long-running jobs.
 """
 
 from __future__ import annotations
@@ -39,41 +41,141 @@ class RawRecord:
     data: Any
 
 
+def _cannot_read(name: str, exc: OSError) -> HuarizoError:
+    if isinstance(exc, IsADirectoryError):
+        return HuarizoError(f"{name}: is a folder, not a data file")
+    return HuarizoError(f"{name}: cannot read it ({exc.strerror or exc})")
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int = 0) -> tuple[str, str]:
+    """(`line N`, the cause) of bytes that are not UTF-8; `offset` is where `data` starts in the file."""
+    at = offset + exc.start
+    line = data.count(b"\n", 0, exc.start) + 1
+    return f"line {line}", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset {at}: {exc.reason})"
+
+
+_TOO_DEEP = "JSON nested too deeply (more than about 1,000 levels)"
+
+
+def _deep_record(text: str, limit: int = 500) -> str:
+    """Where a JSON document first nests deeper than `limit`: `record K (line N)` of its top-level array, or
+    `line N`."""
+    depth, line, in_str, esc = 0, 1, False, False
+    record, record_line = -1, 1
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth == 2:
+                record, record_line = record + 1, line
+            if depth > limit:
+                return f"record {record} (line {record_line})" if record >= 0 else f"line {line}"
+        elif ch in "]}":
+            depth -= 1
+        if ch == "\n":
+            line += 1
+    return f"line {line}"
+
+
 def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawRecord | RecordError]:
-    """Yield each record of a file as a dict, or a `RecordError` for a line that is not a JSON object."""
+    """Yield each record of a file as a dict, or a `RecordError` for a line that is not a JSON object.
+
+    Raises `HuarizoError` naming the file (and the line) when the file itself cannot be read.
+    """
     name, kind = str(path), file_kind(path)
     if not Path(path).exists():
         raise HuarizoError(f"{name}: no such file")
+    if Path(path).is_dir():
+        raise HuarizoError(f"{name}: is a folder, not a data file")
     if kind == "jsonl":
-        with open(path, encoding="utf-8-sig") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"line {lineno}"
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield RecordError(name, where, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
-                    continue
-                yield RawRecord(name, where, data)
+        yield from _iter_jsonl(name)
     elif kind == "json":
-        try:
-            with open(path, encoding="utf-8-sig") as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            where = f"line {exc.lineno}"
-            raise RecordError(name, where, None, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-        if isinstance(data, dict):
-            data = [data]
-        if not isinstance(data, list):
-            raise RecordError(name, "top level", None, "expected a JSON array of records")
-        for i, item in enumerate(data):
-            yield RawRecord(name, f"record {i}", item)
+        yield from _iter_json(name)
     else:
         import polars as pl
 
-        for i, row in enumerate(pl.read_parquet(str(path)).iter_rows(named=True)):
+        try:
+            frame = pl.read_parquet(name)
+        except OSError as exc:
+            raise _cannot_read(name, exc) from None
+        except Exception as exc:  # polars raises its own error types for a file that is not Parquet
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HuarizoError(f"{name}: not a readable Parquet file ({first})") from None
+        for i, row in enumerate(frame.iter_rows(named=True)):
             yield RawRecord(name, f"row {i}", {k: v for k, v in row.items() if v is not None})
+
+
+def _iter_jsonl(name: str) -> Iterator[RawRecord | RecordError]:
+    try:
+        fh = open(name, "rb")  # noqa: SIM115 (closed below; errors while reading are reported with their line)
+    except OSError as exc:
+        raise _cannot_read(name, exc) from None
+    with fh:
+        offset = 0
+        lineno = 0
+        while True:
+            try:
+                raw = fh.readline()
+            except OSError as exc:
+                raise HuarizoError(f"{name}: line {lineno + 1}: cannot read it ({exc.strerror or exc})") from None
+            if not raw:
+                return
+            lineno += 1
+            start, offset = offset, offset + len(raw)
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw, start = raw[3:], start + 3
+            where = f"line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield RecordError(name, where, None, _not_utf8(raw, exc, start)[1])
+                continue
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield RecordError(name, where, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            except RecursionError:
+                yield RecordError(name, where, None, _TOO_DEEP)
+                continue
+            yield RawRecord(name, where, data)
+
+
+def _iter_json(name: str) -> Iterator[RawRecord | RecordError]:
+    try:
+        with open(name, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise _cannot_read(name, exc) from None
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where, cause = _not_utf8(raw[bom:], exc, bom)
+        raise RecordError(name, where, None, cause) from None
+    del raw
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(name, f"line {exc.lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise RecordError(name, _deep_record(text), None, _TOO_DEEP) from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise RecordError(name, "top level", None, "expected a JSON array of records")
+    for i, item in enumerate(data):
+        yield RawRecord(name, f"record {i}", item)
 
 
 def detect_format(data: Any) -> str | None:
@@ -120,10 +222,13 @@ class ReadResult:
     locations: list[str] = field(default_factory=list)
 
 
-def read_records(path: str | os.PathLike[str], fmt: str = "auto", *, skip_invalid: bool = False) -> ReadResult:
+def read_records(
+    path: str | os.PathLike[str], fmt: str = "auto", *, skip_invalid: bool = False, allow_empty: bool = False
+) -> ReadResult:
     """Read and validate every record of a file.
 
     With `skip_invalid` the invalid records are left out and reported in `errors`; otherwise the first one raises.
+    A file without any record is an error ("no records") unless `allow_empty`.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise HuarizoError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -145,12 +250,14 @@ def read_records(path: str | os.PathLike[str], fmt: str = "auto", *, skip_invali
             if not skip_invalid:
                 raise
             result.errors.append(err)
+    if not allow_empty and not result.records and not result.errors:
+        raise HuarizoError(f"{path}: no records (the file is empty)")
     return result
 
 
-def load(path: str | os.PathLike[str], fmt: str = "auto") -> list[Any]:
-    """Read a file strictly: every record must be valid."""
-    return read_records(path, fmt).records
+def load(path: str | os.PathLike[str], fmt: str = "auto", *, allow_empty: bool = False) -> list[Any]:
+    """Read a file strictly: every record must be valid (and there must be one, unless `allow_empty`)."""
+    return read_records(path, fmt, allow_empty=allow_empty).records
 
 
 def _jsonable(record: Any) -> Any:
@@ -166,9 +273,14 @@ def write_records(path: str | os.PathLike[str], records: Iterable[Any]) -> int:
     """Write records atomically (temporary file, then rename), in the format the extension names. Returns the count."""
     path = Path(path)
     kind = file_kind(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise HuarizoError(f"{path}: is a folder; give the name of the file to write")
     rows = [_jsonable(r) for r in records]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise HuarizoError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             if kind == "jsonl":
@@ -181,6 +293,9 @@ def write_records(path: str | os.PathLike[str], records: Iterable[Any]) -> int:
 
             pl.DataFrame(rows).write_parquet(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise HuarizoError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -7,6 +7,10 @@ and Qwen 2 style) take a cached path that gives the tokenizer's ids several time
 against the tokenizer on a sample of every batch; other tokenizers are called once per batch. Every record's mask is
 then verified: the trained tokens, decoded, must equal each answer plus its end of turn; a mismatch raises
 `MaskError` showing both sides, never a silently masked sample.
+
+A record is cut by characters before it is tokenized, at a bound derived from `max_length` (`char_limit`), so the
+memory and time one record takes are bounded by the configured length, not by the record: a 50 MB answer costs what
+a long one does.
 """
 
 from __future__ import annotations
@@ -79,6 +83,30 @@ class _Encoded(NamedTuple):
 def _norm(text: str) -> str:
     # Decoders differ in the spaces they put around special tokens and word starts; compare the rest exactly.
     return "".join(text.split())
+
+
+def char_limit(backend: Any, max_length: int) -> int:
+    """How many characters of a rendered record can matter when only its first `max_length` tokens are kept.
+
+    No token spans more characters than the longest token of the vocabulary (`L`, counted in its vocabulary form,
+    which has at least as many characters as the text it decodes to: one per byte for byte-level BPE, `▁` for a
+    space for SentencePiece). The first `max_length` tokens thus lie within `max_length * L` characters; the bound
+    is four times that (room for normalizers that fold several characters into one), plus a margin, so the tokens
+    kept are never near the cut, where encoding a prefix can differ from encoding the whole text.
+    """
+    longest = max((len(t) for t in backend.get_vocab(with_added_tokens=True)), default=1)
+    return 4 * (max_length + 8) * max(longest, 1)
+
+
+def _cut(segs: list[Segment], limit: int) -> list[Segment]:
+    """The segments of a rendered record, cut after `limit` characters."""
+    out = []
+    for seg in segs:
+        if limit <= 0:
+            break
+        out.append(seg if len(seg.text) <= limit else Segment(seg.text[:limit], seg.trainable))
+        limit -= len(seg.text)
+    return out
 
 
 def _special(tokenizer: Any, name: str, default: str) -> str:
@@ -263,11 +291,22 @@ class _Masker:
         self.add_special = template.add_special_tokens
         self.around = _special_around(backend, self.add_special)
         self.stats = TokenizeStats(total=len(convs))
+        self._limit: int | None = None
 
     def render(self, lo: int, hi: int) -> list[list[Segment]]:
-        """Records `lo:hi` as the template lays them out."""
+        """Records `lo:hi` as the template lays them out, each cut at `char_limit` characters."""
         render, eos, bos = self.template.render, self.eos, self.bos
-        return [render(self.convs[i], eos=eos, bos=bos) for i in range(lo, hi)]
+        out = []
+        for i in range(lo, hi):
+            segs = render(self.convs[i], eos=eos, bos=bos)
+            size = sum(len(s.text) for s in segs)
+            if size > 4 * self.max_length:  # no record shorter than this can reach the limit
+                if self._limit is None:
+                    self._limit = char_limit(self.backend, self.max_length)
+                if size > self._limit:
+                    segs = _cut(segs, self._limit)
+            out.append(segs)
+        return out
 
     def run(self) -> tuple[list[TokenizedSample], TokenizeStats]:
         encoder = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator, model_validator
 
 from huarizo.formats import HuarizoConfig
 
@@ -102,7 +102,7 @@ class DeepSpeedConfig(_Section):
     stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
-    config_file: Path | None = None
+    config_file: FilePath | None = None
     """A ds_config JSON of your own; batch sizes, accumulation and clipping are still set from this config."""
     num_gpus: int | None = Field(default=None, ge=1)
     """GPUs per node for `--dry-run`'s memory estimate (default: the world size, or 1)."""

@@ -90,18 +90,55 @@ def use_varlen_attention(model: Any) -> bool:
     return True
 
 
+def check_config_overrides(cfg: ModelConfig) -> None:
+    """Fail fast on `model.config_overrides` that name no setting of the model, or with which it cannot be built
+    (checked on the meta device: no memory, no weights)."""
+    if not cfg.config_overrides:
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve_model(cfg.ref))
+    for key, value in cfg.config_overrides.items():
+        if not hasattr(config, key):
+            raise ModelBuildError(f"model.config_overrides: {key!r} is not a setting of {config.model_type} models")
+        try:
+            setattr(config, key, value)
+        except Exception as exc:  # transformers validates some settings as they are set
+            raise ModelBuildError(f"model.config_overrides: {key}={value!r}: {_first_line(exc)}") from None
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # any error of the model's own constructor
+        raise ModelBuildError(
+            f"model.config_overrides {cfg.config_overrides}: the model cannot be built with them ({_first_line(exc)})"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one line (its lines joined), at most 300 characters."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def load_model(cfg: ModelConfig) -> Any:
     """Load the causal LM to train (call under `HfDeepSpeedConfig` for ZeRO-3 so weights load partitioned)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model(cfg.ref)
-    config = AutoConfig.from_pretrained(path)
-    for key, value in cfg.config_overrides.items():
-        setattr(config, key, value)
     impl = attn_implementation(cfg)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=getattr(torch, cfg.dtype), attn_implementation="sdpa" if impl == "varlen" else impl
-    )
+    try:
+        config = AutoConfig.from_pretrained(path)
+        for key, value in cfg.config_overrides.items():
+            setattr(config, key, value)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            config=config,
+            dtype=getattr(torch, cfg.dtype),
+            attn_implementation="sdpa" if impl == "varlen" else impl,
+        )
+    except OSError as exc:
+        raise ModelBuildError(f"model.ref={cfg.ref}: cannot load the model ({_first_line(exc)})") from None
     for attr in ("hf_quantizer", "quantization_method"):  # GGUF-converted folders keep a stale marker
         if getattr(model, attr, None) is not None:
             setattr(model, attr, None)

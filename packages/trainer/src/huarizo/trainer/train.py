@@ -17,6 +17,7 @@ import random
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from huarizo.formats import IGNORE_INDEX, HuarizoError, JsonlAppender, write_records
-from huarizo.formats.models import resolve_model
+from huarizo.formats.models import load_tokenizer
 from huarizo.formats.templates import get_template
 from huarizo.trainer.config import TrainConfig
 from huarizo.trainer.data import DataStats, Sample, Schedule, check_files, collate, load_samples
@@ -34,6 +35,7 @@ from huarizo.trainer.model import (
     TEMPLATES_RECORD,
     SFTModel,
     add_lora,
+    check_config_overrides,
     export_template,
     load_model,
     merge_lora,
@@ -42,10 +44,6 @@ from huarizo.trainer.model import (
 
 KILL_AT_STEP_ENV = "HUARIZO_TRAIN_KILL_AT_STEP"
 """Fault injection for crash-recovery tests: the process SIGKILLs itself right after logging this step."""
-
-
-class ResumeError(HuarizoError):
-    """A checkpoint that does not belong to this run's config."""
 
 
 @dataclass
@@ -86,11 +84,58 @@ def setup_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+class TrainError(HuarizoError):
+    """A run that cannot start: an output folder it cannot write, a ds_config file it cannot read, ..."""
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What can be checked before any process group, model or output file exists: the data files and their
+    templates, the output folder, the user's ds_config and the model's config overrides."""
+    check_files(cfg.data)
+    _check_output_dir(cfg.output_dir)
+    ds_config(cfg, 1)
+    check_config_overrides(cfg.model)
+
+
+def _check_output_dir(out: Path) -> None:
+    """`output_dir` must be a folder (or not exist yet) in a place this process can write into."""
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"output_dir: {out}: is a file, not a folder")
+    base = out
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise TrainError(f"output_dir: {out}: {base} is a file, not a folder")
+    try:  # the only sure test of writability (permissions, read-only mounts, root): write, then remove
+        fd, probe = tempfile.mkstemp(prefix=".huarizo-write-check-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TrainError(f"output_dir: {out}: cannot write into {base} ({exc.strerror or exc})") from None
+
+
+def _user_ds_config(path: Path) -> dict[str, Any]:
+    where = f"deepspeed.config_file: {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainError(f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        conf = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrainError(f"{where}: line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise TrainError(f"{where}: JSON nested too deeply") from None
+    if not isinstance(conf, dict):
+        raise TrainError(f"{where}: the top level must be a JSON object")
+    return conf
+
+
 def ds_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed config for a run: the user's file (if any) with batch, accumulation and clipping set from
     `cfg`; else one generated from `cfg.deepspeed`."""
     ds = cfg.deepspeed
-    conf: dict[str, Any] = json.loads(ds.config_file.read_text()) if ds.config_file else {}
+    conf: dict[str, Any] = _user_ds_config(ds.config_file) if ds.config_file else {}
     if "zero_optimization" not in conf:
         zero: dict[str, Any] = {"stage": ds.stage}
         if ds.offload_optimizer:
@@ -197,22 +242,23 @@ def evaluate(engine: Any, samples: list[Sample], cfg: TrainConfig, pad_id: int) 
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Fine-tune `cfg.model` on `cfg.data` and write `cfg.output_dir` (checkpoints/, metrics.jsonl, final/, ...)."""
-    check_files(cfg.data)
+    """Fine-tune `cfg.model` on `cfg.data` and write `cfg.output_dir` (checkpoints/, metrics.jsonl, final/, ...).
+
+    Nothing is written into `output_dir` until the data is read and the model is built: a bad file or setting fails
+    without touching a run folder.
+    """
+    preflight(cfg)
     rank, world = setup_distributed()
     import deepspeed
-    from transformers import AutoTokenizer, get_scheduler
+    from transformers import get_scheduler
     from transformers.integrations import HfDeepSpeedConfig
 
     out = cfg.output_dir
     seed = cfg.optim.seed
     random.seed(seed)
     torch.manual_seed(seed)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.tokenizer or cfg.model.ref))
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.ref)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_s, eval_s, stats = load_samples(cfg.data, tokenizer, seed)
     schedule = Schedule.build(
@@ -227,15 +273,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     total = len(schedule.steps)
     conf = ds_config(cfg, world)
-    if rank == 0:
-        (out / "ds_config.json").write_text(json.dumps(conf, indent=2))
-        (out / "data_stats.json").write_text(json.dumps(stats.__dict__, indent=2))
 
     # ZeRO-3: transformers loads the weights straight into partitions while this object is alive.
     hf_ds = HfDeepSpeedConfig(conf) if conf["zero_optimization"].get("stage") == 3 else None
     lm = load_model(cfg.model)
     if cfg.lora.enabled:
         lm = add_lora(lm, cfg.lora)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        (out / "ds_config.json").write_text(json.dumps(conf, indent=2))
+        (out / "data_stats.json").write_text(json.dumps(stats.__dict__, indent=2))
     model = SFTModel(lm)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (
@@ -251,17 +299,22 @@ def train(cfg: TrainConfig) -> TrainResult:
         model=model, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params, config=conf
     )
 
+    from huarizo.trainer import checkpoint  # imports deepspeed, which must come after setup_distributed
+
     ckpt_dir = out / "checkpoints"
     order = hashlib.sha256(json.dumps(schedule.steps).encode()).hexdigest()
     start = 0
-    if cfg.output.resume and (ckpt_dir / "latest").exists():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
+    tag = checkpoint.latest_tag(ckpt_dir) if cfg.output.resume else None
+    if tag is not None:
+        client = checkpoint.load(engine, ckpt_dir, tag)
         if client.get("data_order") != order:
-            raise ResumeError(
+            raise checkpoint.ResumeError(
                 f"{ckpt_dir}: the checkpoint was written with other data, batching or seed, so resuming would not "
                 "continue the same run; use another output_dir or --set output.resume=false"
             )
-        start = int(client["step"])
+        if not isinstance(client.get("step"), int):
+            raise checkpoint.ResumeError(f"{ckpt_dir / tag}: the checkpoint does not say which step it was saved at")
+        start = client["step"]
     logger = _Logger(cfg, start, rank == 0)
     packed = cfg.batching.mode == "packed"
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, 0))
