@@ -1,7 +1,8 @@
-"""Sessions: tests (everything together), tests-<package> (one package alone), lint, bench, demo."""
+"""Sessions: tests (everything together), tests-<package> (one package alone), lint, bench, demo (the quickstart)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import nox
@@ -10,7 +11,8 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
 nox.options.sessions = ["tests"]
 
-PACKAGES = ["formats", "datagen", "trainer", "judge", "serve"]
+PACKAGES = ["formats", "datagen", "trainer", "judge", "serve", "pipeline"]
+LOCAL_DEPS = {"pipeline": ["datagen", "trainer", "judge", "serve"]}  # Huarizo packages a package needs, not on PyPI
 TORCH = "torch==2.13.0"  # a local CPU wheel; an unpinned torch pulls a multi-GB CUDA build
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
 
@@ -31,6 +33,7 @@ def tests(session: nox.Session) -> None:
 def _test_one(session: nox.Session, package: str) -> None:
     session.install(TORCH)
     local = ["./packages/formats[test]"] if package != "formats" else []
+    local += [f"./packages/{dep}" for dep in LOCAL_DEPS.get(package, [])]
     session.install(*local, f"./packages/{package}[test]")
     session.run("pytest", f"packages/{package}/tests", *(session.posargs or ["-m", "not slow"]), env=ENV)
 
@@ -64,8 +67,26 @@ def bench(session: nox.Session) -> None:
     session.run("pytest", *paths, "-s", "-o", "python_files=bench_*.py", *session.posargs, env=ENV)
 
 
-@nox.session
+def _packages_digest() -> str:
+    """A hash of every package's pyproject and sources (what an install of them contains)."""
+    h = hashlib.sha256(TORCH.encode())
+    for p in PACKAGES:
+        root = Path("packages") / p
+        for f in sorted([root / "pyproject.toml", *(root / "src").rglob("*")]):
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(str(f).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+@nox.session(reuse_venv=True)
 def demo(session: nox.Session) -> None:
-    """The main job on the embedded default model (grows into `huarizo run configs/recipe.yaml`)."""
-    _install_all(session, extras=None)
-    session.run("bash", "configs/demo.sh", external=True, env=ENV)
+    """The main job: `huarizo run configs/recipes/quickstart.yaml` on the embedded default model (extra arguments go
+    to `huarizo run`). The venv is reused while the packages are unchanged."""
+    stamp = Path(session.virtualenv.location) / ".huarizo-packages"
+    digest = _packages_digest()
+    if stamp.exists() and stamp.read_text() == digest:
+        session.log(f"reusing {session.virtualenv.location}: the packages did not change since it was installed")
+    else:
+        _install_all(session, extras=None)
+        stamp.write_text(digest)
+    session.run("huarizo", "run", "configs/recipes/quickstart.yaml", *session.posargs, env=ENV)
