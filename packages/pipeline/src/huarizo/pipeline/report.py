@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -400,13 +401,20 @@ def _answers_side_by_side(
     files = results["answer"]["result"]["outputs"]
     answers = {name: next(iter(load_answers(path, qs).values()), {}) for name, path in files.items()}
     header = ["question", "reference", *files]
-    rows: list[list[str]] = []
-    for q in qs.questions:
-        if len(rows) >= recipe.report.examples:
-            break
-        if all(q.question_id in a for a in answers.values()):
-            ref = q.reference[0] if q.reference else ""
-            rows.append([q.turns[0], ref, *(_clip(answers[n][q.question_id].turns[0], 600) for n in files)])
+    answered = [q for q in qs.questions if all(q.question_id in a for a in answers.values())]
+    by_category: dict[str, list[Any]] = {}
+    for q in answered:
+        by_category.setdefault(q.category, []).append(q)
+    # the first question of each category, then the second of each, ...: examples of every kind of question
+    spread = [q for group in itertools.zip_longest(*by_category.values()) for q in group if q is not None]
+    rows = [
+        [
+            q.turns[0],
+            q.reference[0] if q.reference else "",
+            *(_clip(answers[n][q.question_id].turns[0], 600) for n in files),
+        ]
+        for q in spread[: recipe.report.examples]
+    ]
     return header, rows
 
 
@@ -449,7 +457,7 @@ def write_report(
         doc.h(2, "Training")
         doc.p(
             f"{t['steps']} optimiser steps on {t['trained_tokens']:,} trained tokens; loss (smoothed, weighted by "
-            f"trained tokens) {_num(t['first_loss_smoothed'])} -> {_num(t['final_loss_smoothed'])}; last step's "
+            f"trained tokens) {_num(t['first_loss_smoothed'])} → {_num(t['final_loss_smoothed'])}; last step's "
             f"loss {_num(t['final_loss'])}."
             + (f" Continued from checkpoint {t['resumed_from']}." if t.get("resumed_from") else "")
         )
