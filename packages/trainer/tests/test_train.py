@@ -92,27 +92,40 @@ def test_grad_accumulation_normalises_by_trained_tokens(run_train: RunTrain, bas
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
 
 
-def test_resume_after_kill_9_reproduces_the_uninterrupted_run(run_train: RunTrain, base_config: dict[str, Any]) -> None:
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_after_kill_9_reproduces_the_uninterrupted_run(
+    run_train: RunTrain, base_config: dict[str, Any], lora: bool
+) -> None:
     cfg = dict(base_config)
     cfg["optim"] = cfg["optim"] | {"max_steps": 9, "lr": 3e-3}
     cfg["output"] = cfg["output"] | {"save_steps": 3}
+    if lora:  # a LoRA checkpoint holds the adapter's weights, not the frozen base model's
+        cfg["lora"] = {"enabled": True, "r": 4, "alpha": 8, "target_modules": "all-linear"}
+        cfg["output_dir"] = f"{base_config['output_dir']}-lora"
     run_train(cfg)
     straight = read_metrics(Path(cfg["output_dir"]))
 
-    cfg["output_dir"] = f"{base_config['output_dir']}-killed"
+    straight_dir = Path(cfg["output_dir"])
+    cfg["output_dir"] = f"{straight_dir}-killed"
     out = Path(cfg["output_dir"])
     killed = run_train(cfg, env={KILL_AT_STEP_ENV: "5"}, check=False)
     assert killed.returncode == -9
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-3"
     assert not (out / "final").exists()
+    if lora:  # checkpoints leave the frozen base model out: only the adapter's weights are saved
+        from huarizo.trainer.checkpoint import safe_load
+
+        states = safe_load(out / "checkpoints" / "step-3" / "mp_rank_00_model_states.pt")
+        names = list(states["module"])
+        assert any("lora_A" in n for n in names) and not any("base_layer" in n or "norm" in n for n in names)
 
     resumed = run_train(cfg)
     assert "resumed at 3" in resumed.stdout
     again = read_metrics(out)
     assert [r["step"] for r in again] == list(range(1, 10))
     torch.testing.assert_close([r["loss"] for r in again], [r["loss"] for r in straight], rtol=1e-6, atol=1e-7)
-    wa, wb = _weights(Path(base_config["output_dir"]) / "final"), _weights(out / "final")
+    wa, wb = _weights(straight_dir / "final"), _weights(out / "final")
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name])
 

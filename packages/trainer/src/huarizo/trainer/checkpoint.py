@@ -87,10 +87,26 @@ def latest_tag(folder: Path) -> str | None:
     return tag
 
 
+def save(engine: Any, folder: Path, step: int, client_state: dict[str, Any], *, rank: int) -> None:
+    """Save checkpoint `step-N`, then point `latest` at it atomically (written beside and renamed: a kill at any
+    moment leaves `latest` naming the last complete checkpoint, never an empty file). Frozen parameters (the base
+    model under LoRA) are left out: resume loads them from the model itself, as the first start did."""
+    tag = f"step-{step}"
+    engine.save_checkpoint(
+        str(folder), tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
+    )
+    if rank == 0:
+        tmp = folder / ".latest.tmp"
+        tmp.write_text(tag, encoding="utf-8")
+        tmp.replace(folder / "latest")
+
+
 def load(engine: Any, folder: Path, tag: str) -> dict[str, Any]:
     """Load checkpoint `tag` into the engine (model, optimiser, scheduler) safely; returns its client state."""
     use_safe_loading(engine)
-    path, client = engine.load_checkpoint(str(folder), tag=tag)
+    frozen = any(not p.requires_grad for p in engine.module.parameters())
+    # a checkpoint saved without the frozen weights holds the trained ones only: load it non-strictly
+    path, client = engine.load_checkpoint(str(folder), tag=tag, load_module_strict=not frozen)
     if path is None or not isinstance(client, dict):
         raise ResumeError(f"{folder / tag}: the checkpoint is incomplete; remove it or --set output.resume=false")
     return client

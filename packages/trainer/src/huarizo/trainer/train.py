@@ -315,6 +315,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if not isinstance(client.get("step"), int):
             raise checkpoint.ResumeError(f"{ckpt_dir / tag}: the checkpoint does not say which step it was saved at")
         start = client["step"]
+        if isinstance(client.get("rng"), torch.Tensor):  # dropout (e.g. LoRA's) draws on it: continue its stream
+            torch.set_rng_state(client["rng"])
     logger = _Logger(cfg, start, rank == 0)
     packed = cfg.batching.mode == "packed"
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, 0))
@@ -325,7 +327,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         progress = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
     def save(step: int) -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step, "data_order": order})
+        state = {"step": step, "data_order": order, "rng": torch.get_rng_state()}
+        checkpoint.save(engine, ckpt_dir, step, state, rank=rank)
         if rank == 0:
             for old in _checkpoints(ckpt_dir)[: -cfg.output.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
