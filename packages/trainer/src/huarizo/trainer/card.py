@@ -84,9 +84,6 @@ def _metrics(output_dir: Path) -> dict[str, Any]:
     evals = [r for r in rows if "eval_loss" in r]
     if evals:
         out["last eval loss"] = evals[-1]["eval_loss"]
-    trained = sum(r.get("trained_tokens", 0) for r in rows)
-    if trained:
-        out["trained tokens"] = trained
     return out
 
 
@@ -106,7 +103,7 @@ def train_card(cfg: Any, folder: str | os.PathLike[str], *, adapter: bool = Fals
     if getattr(cfg.model, "new_tokens_only", False):
         notes.append("only the embedding rows of the tokens added by extend-vocab were trained")
     return ModelCard(
-        title=f"{Path(folder).name} of {out.name}",
+        title=f"{out.name}/{Path(folder).name}",
         made_by="huarizo train",
         base=str(cfg.model.ref),
         data=data,

@@ -231,6 +231,7 @@ def _stream(
         n: (e.dtype if dtype == "auto" or not e.dtype.is_floating_point else getattr(torch, dtype))
         for n, e in source.entries.items()
     }
+    pairs = {n: _counterpart(n, source, base, aliases) for n in source.entries}  # every mismatch before any work
     sizes = {n: out_dtype[n].itemsize * _numel(e.shape) for n, e in source.entries.items()}
     shards: list[list[str]] = [[]]
     filled = 0
@@ -254,14 +255,7 @@ def _stream(
     for file, names in zip(files, shards, strict=True):
         shard: dict[str, torch.Tensor] = {}
         for name in names:
-            base_name = name if name in base.entries else aliases.get(name)
-            if base_name is None:
-                raise DeltaError(f"tensor {name!r} of the {source.role} model has no counterpart in the base model")
-            x, b = source.read(name), base.read(base_name)
-            if x.dtype.is_floating_point:
-                x, b = x.to(out_dtype[name]), b.to(out_dtype[name])
-            shard[name] = _rows(name, x, b, combine)
-            del x, b
+            shard[name] = _combine(name, source, base, pairs[name], out_dtype[name], combine)
             weight_map[name] = file
             if bar is not None:
                 bar.update(sizes[name])
@@ -282,16 +276,36 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _rows(name: str, x: torch.Tensor, b: torch.Tensor, combine: Combine) -> torch.Tensor:
-    """`combine(x, b)`; when `x` has more rows than `b` (added tokens), the extra rows of `x` are kept as they are."""
-    if x.shape == b.shape:
-        return combine(x, b)
-    if x.dim() == b.dim() and x.shape[1:] == b.shape[1:] and x.shape[0] > b.shape[0]:
-        out = torch.empty_like(x)
-        combine(x[: b.shape[0]], b, out=out[: b.shape[0]])
-        out[b.shape[0] :] = x[b.shape[0] :]
-        return out
-    raise DeltaError(f"{name}: shape {tuple(x.shape)} does not fit the base model's {tuple(b.shape)}")
+def _counterpart(name: str, source: WeightFiles, base: WeightFiles, aliases: dict[str, str]) -> str:
+    """The base tensor `name` combines with (itself, or the tensor it is tied to in the base), checked to fit."""
+    base_name = name if name in base.entries else aliases.get(name)
+    if base_name is None:
+        raise DeltaError(f"tensor {name!r} of the {source.role} model has no counterpart in the base model")
+    shape, base_shape = source.entries[name].shape, base.entries[base_name].shape
+    extended = len(shape) == len(base_shape) >= 1 and shape[1:] == base_shape[1:] and shape[0] > base_shape[0]
+    if shape != base_shape and not extended:
+        raise DeltaError(f"{name}: shape {shape} does not fit the base model's {base_shape}")
+    return base_name
+
+
+def _combine(
+    name: str, source: WeightFiles, base: WeightFiles, base_name: str, dtype: torch.dtype, combine: Combine
+) -> torch.Tensor:
+    """`combine(source[name], base[base_name])` in `dtype`, as the in-memory method computes it (both cast, then
+    added or subtracted); rows of the source past the base's (added tokens) are kept as they are.
+
+    At most two tensors are in memory at once: the result, first filled with the base tensor, and the source tensor.
+    """
+    shape, base_shape = source.entries[name].shape, base.entries[base_name].shape
+    rows = None if shape == base_shape else base_shape[0]
+    out = torch.empty(shape, dtype=dtype)
+    head = out if rows is None else out[:rows]
+    head.copy_(base.read(base_name))
+    x = source.read(name)
+    combine((x if rows is None else x[:rows]).to(dtype), head, out=head)
+    if rows is not None:
+        out[rows:] = x[rows:]
+    return out
 
 
 def _finish(

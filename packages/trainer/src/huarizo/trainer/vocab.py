@@ -261,7 +261,7 @@ def extend_vocab(
     if min_frequency < 1:
         raise VocabError(f"--min-frequency must be at least 1, got {min_frequency}")
     lines = read_corpus(corpus)
-    eval_texts = {str(f): "\n".join(read_corpus([f])) for f in eval_files}
+    eval_texts = {str(f): (read_corpus([f]), Path(f).read_text(encoding="utf-8"))[1] for f in eval_files}
     path = resolve_model(base)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
