@@ -205,6 +205,8 @@ def test_lora_with_modules_to_save_merges_and_serves_the_extended_vocabulary(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = (final / "README.md").read_text(encoding="utf-8")
     assert "fully trained modules: ['embed_tokens', 'lm_head']" in card and "template**: chatml" in card
+    card = (merged / "README.md").read_text(encoding="utf-8")
+    assert "huarizo train merge-lora" in card and "template**: chatml" in card and "modules_to_save=" in card
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:

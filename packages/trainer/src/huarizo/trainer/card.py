@@ -114,6 +114,30 @@ def train_card(cfg: Any, folder: str | os.PathLike[str], *, adapter: bool = Fals
     )
 
 
+def merge_card(base: str, adapter: str | os.PathLike[str], folder: str | os.PathLike[str]) -> ModelCard:
+    """The card of a `merge-lora` folder: the base, the adapter and its LoRA settings, the template it carries."""
+    adapter = Path(adapter)
+    settings = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    keys = ("r", "lora_alpha", "target_modules", "modules_to_save")
+    notes = [f"merged LoRA adapter {adapter}: " + ", ".join(f"{k}={settings.get(k)}" for k in keys)]
+    template = None
+    config = Path(folder) / "tokenizer_config.json"
+    chat = Path(folder) / "chat_template.jinja"
+    text = chat.read_text(encoding="utf-8") if chat.exists() else ""
+    if not text and config.exists():
+        text = str(json.loads(config.read_text(encoding="utf-8")).get("chat_template") or "")
+    if text:
+        mark = text.split("huarizo template: ", 1)
+        template = mark[1].split(" ", 1)[0] if len(mark) == 2 else "the tokenizer's chat template"
+    return ModelCard(
+        title=f"{Path(folder).name}: {base} + LoRA",
+        made_by="huarizo train merge-lora",
+        base=base,
+        template=template,
+        notes=notes,
+    )
+
+
 def write_train_cards(cfg: Any, final: str | os.PathLike[str]) -> None:
     """Cards for a finished run: `final/` and, with LoRA, `adapter/`."""
     if Path(final).is_dir():

@@ -150,9 +150,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from huarizo.trainer.card import merge_card, write_card
     from huarizo.trainer.model import merge_lora
 
-    print(f"merged model: {merge_lora(args.base, args.adapter, args.target, args.dtype)}")
+    out = merge_lora(args.base, args.adapter, args.target, args.dtype)
+    write_card(out, merge_card(args.base, args.adapter, out))
+    print(f"merged model: {out}")
     return 0
 
 

@@ -328,7 +328,7 @@ def _hparams(writer: Any, config: Any, arch: _Arch, qtype: str, rows: int) -> No
         if full.get("rope_type", "default") != "default":
             raise ExportError(f"export: rope scaling {full.get('rope_type')!r} is not supported yet")
         writer.add_rope_freq_base(float(full.get("rope_theta", 1_000_000.0)))
-        writer.add_rope_freq_base_swa(float(local.get("rope_theta", 10_000.0)))
+        writer.add_float32("gemma3.rope.freq_base_swa", float(local.get("rope_theta", 10_000.0)))
         writer.add_sliding_window(int(config.sliding_window))
     else:
         if rope.get("rope_type", "default") != "default":

@@ -130,7 +130,7 @@ def add_lora(model: Any, cfg: LoraConfig) -> Any:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
-        modules_to_save=cfg.modules_to_save or None,
+        modules_to_save=list(cfg.modules_to_save) or None,  # a copy: peft edits the list it is given
         ensure_weight_tying=bool(cfg.modules_to_save and getattr(model.config, "tie_word_embeddings", False)),
         task_type="CAUSAL_LM",
     )
