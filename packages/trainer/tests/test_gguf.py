@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import jinja2
 import pytest
 import torch
 import yaml
@@ -88,6 +89,27 @@ def test_tiny_llama_f32_round_trip(tiny_model_dir: Path, tmp_path: Path, capsys:
     assert 'TEMPLATE """' in modelfile and "### Response:" in modelfile
 
 
+def test_a_foreign_chat_template_goes_in_as_plain_jinja(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+        "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tok.save_pretrained(folder)
+    result = export_gguf(folder, tmp_path / "m.gguf", qtype="f32")
+    assert result.template == "hf" and result.eot_token == "<|im_end|>" and "<|im_end|>" in result.stops
+    text = _field(gguf.GGUFReader(tmp_path / "m.gguf"), "tokenizer.chat_template")
+    assert "{% generation" not in text and "endgeneration" not in text
+    messages = [{"role": "user", "content": "hi"}]
+    assert jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(text).render(
+        messages=messages, add_generation_prompt=True
+    ) == (tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    assert "no TEMPLATE" in (tmp_path / "Modelfile").read_text(encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with a Chinese vocabulary, fine-tuned (chatml) until it answers QUESTION with ANSWER."""
@@ -127,7 +149,18 @@ def test_trained_extended_model_in_every_type(qtype: str, trained: Path, tmp_pat
     reader = gguf.GGUFReader(out)
     tok = AutoTokenizer.from_pretrained(trained)
     assert _field(reader, "tokenizer.ggml.eot_token_id") == tok.convert_tokens_to_ids("<|im_end|>")
-    assert _field(reader, "tokenizer.chat_template") == tok.chat_template
+    conv = Conversation(messages=[Message(role="system", content="Be brief."), Message(role="user", content="hi")])
+    rendered = (
+        jinja2.Environment()
+        .from_string(_field(reader, "tokenizer.chat_template"))
+        .render(  # plain Jinja
+            messages=[m.model_dump(include={"role", "content"}) for m in conv.messages],
+            add_generation_prompt=True,
+            bos_token="<s>",
+            eos_token="</s>",
+        )
+    )
+    assert rendered == get_template("chatml").generation_prompt(conv)
     assert len(_field(reader, "tokenizer.ggml.tokens")) == len(tok) == 1112
     kinds = {t.name: t.tensor_type.name for t in reader.tensors}
     assert {kinds[n] for n in kinds if "norm" in n} == {"F32"}

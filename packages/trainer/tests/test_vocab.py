@@ -158,6 +158,22 @@ def test_training_only_the_new_rows_lowers_the_loss(
     assert "zh.json" in card and "last loss" in card and "template**: alpaca" in card
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lora.enabled=true", "set lora.enabled=false"),
+        ("deepspeed.stage=3", "needs deepspeed.stage 0, 1 or 2"),
+        ("optim.weight_decay=0.1", "needs optim.weight_decay=0"),
+    ],
+)
+def test_new_tokens_only_refuses_what_would_touch_other_weights(override: str, message: str) -> None:
+    from huarizo.formats.config import ConfigError
+    from huarizo.trainer import TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.load(None, ["model.new_tokens_only=true", override])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("huarizo.serve") is None, reason="huarizo-serve is not installed")
 def test_lora_with_modules_to_save_merges_and_serves_the_extended_vocabulary(
     run_train: RunTrain, base_config: dict[str, Any], extended: Path, tiny_model_dir: Path, tmp_path: Path

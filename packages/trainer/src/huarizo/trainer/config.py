@@ -171,6 +171,8 @@ class TrainConfig(HuarizoConfig):
     def _new_tokens_only(self) -> TrainConfig:
         if self.model.new_tokens_only and self.lora.enabled:
             raise ValueError("model.new_tokens_only trains the new embedding rows alone: set lora.enabled=false")
+        if self.model.new_tokens_only and self.deepspeed.stage == 3:
+            raise ValueError("model.new_tokens_only needs deepspeed.stage 0, 1 or 2 (ZeRO-3 partitions the gradients)")
         if self.model.new_tokens_only and self.optim.weight_decay:
             raise ValueError("model.new_tokens_only needs optim.weight_decay=0 (decay would change the old rows)")
         return self

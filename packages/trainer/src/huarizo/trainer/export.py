@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,11 +215,18 @@ def _template(tokenizer: Any, name: str | None) -> tuple[Template, str]:
     return template, template.name
 
 
+_GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+
+
 def _jinja(template: Template, tokenizer: Any) -> str | None:
+    """The chat template for the GGUF, in plain Jinja: transformers' `{% generation %}` marks (which only tell a
+    trainer what to train) are dropped, since llama.cpp's and llama-cpp-python's Jinja do not know them."""
     if isinstance(template, ChatTemplate):
-        return template.to_jinja()
-    chat_template = getattr(tokenizer, "chat_template", None)
-    return chat_template if isinstance(chat_template, str) else None
+        text: str | None = template.to_jinja()
+    else:
+        chat_template = getattr(tokenizer, "chat_template", None)
+        text = chat_template if isinstance(chat_template, str) else None
+    return _GENERATION_TAG.sub("", text) if text is not None else None
 
 
 def _end_of_turn(template: Template, tokenizer: Any) -> tuple[int | None, list[str]]:
