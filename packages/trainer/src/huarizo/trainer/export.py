@@ -296,7 +296,8 @@ def ollama_template(template: ChatTemplate, eos: str, bos: str) -> str:
         '{{- else if eq .Role "assistant" }}'
         + _go(template.answer_sep, eos, bos)
         + "{{ .Content }}"
-        + _go(template.eot, eos, bos),
+        + _go(template.eot, eos, bos)
+        + _go(getattr(template, "after_answer", ""), eos, bos),  # ChatML's newline after <|im_end|>
         "{{- end }}",
         "{{- end }}",
     ]
