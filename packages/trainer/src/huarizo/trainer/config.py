@@ -32,6 +32,11 @@ class ModelConfig(_Section):
     architecture: str | None = None
     """For `--dry-run` without hub access: a name from `huarizo.trainer.dryrun.KNOWN_ARCHITECTURES`
     (default: looked up from `ref`)."""
+    new_tokens_only: bool = Field(
+        default=False,
+        description="train only the input and output embedding rows of the tokens `huarizo train extend-vocab` "
+        "added (read from the model folder's huarizo_vocab.json); every other weight stays frozen",
+    )
 
 
 class DataFile(_Section):
@@ -127,6 +132,11 @@ class LoraConfig(_Section):
     target_modules: list[str] | str = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     merge: bool = True
     """Write the merged model into `final/` (else only the adapter)."""
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="modules trained in full beside the adapter and saved with it (peft's modules_to_save), e.g. "
+        "[embed_tokens, lm_head] for a model with an extended vocabulary",
+    )
 
 
 class OutputConfig(_Section):
@@ -156,6 +166,16 @@ class TrainConfig(HuarizoConfig):
     deepspeed: DeepSpeedConfig = Field(default_factory=lambda: DeepSpeedConfig())
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig())
     output: OutputConfig = Field(default_factory=lambda: OutputConfig())
+
+    @model_validator(mode="after")
+    def _new_tokens_only(self) -> TrainConfig:
+        if self.model.new_tokens_only and self.lora.enabled:
+            raise ValueError("model.new_tokens_only trains the new embedding rows alone: set lora.enabled=false")
+        if self.model.new_tokens_only and self.deepspeed.stage == 3:
+            raise ValueError("model.new_tokens_only needs deepspeed.stage 0, 1 or 2 (ZeRO-3 partitions the gradients)")
+        if self.model.new_tokens_only and self.optim.weight_decay:
+            raise ValueError("model.new_tokens_only needs optim.weight_decay=0 (decay would change the old rows)")
+        return self
 
     @model_validator(mode="after")
     def _lengths(self) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""The model side: load for training, the response-only loss, the final HF folder, merge-lora and apply-delta."""
+"""The model side: load for training, the response-only loss, the final HF folder, merge-lora."""
 
 from __future__ import annotations
 
@@ -152,6 +152,10 @@ def load_model(cfg: ModelConfig) -> Any:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if cfg.new_tokens_only:
+        from huarizo.trainer.vocab import new_token_ids, train_new_rows_only
+
+        train_new_rows_only(model, new_token_ids(path))
     return model
 
 
@@ -165,6 +169,8 @@ def add_lora(model: Any, cfg: LoraConfig) -> Any:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
+        modules_to_save=list(cfg.modules_to_save) or None,  # a copy: peft edits the list it is given
+        ensure_weight_tying=bool(cfg.modules_to_save and getattr(model.config, "tie_word_embeddings", False)),
         task_type="CAUSAL_LM",
     )
     try:
@@ -255,11 +261,14 @@ def merge_lora(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from huarizo.trainer.vocab import fit_vocab_to_adapter
+
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").exists():
         raise ModelBuildError(f"{adapter}: no adapter_config.json, not a LoRA adapter folder")
     path = resolve_model(base)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    fit_vocab_to_adapter(model, adapter)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tok_src = adapter if (adapter / "tokenizer_config.json").exists() else path
     tokenizer = AutoTokenizer.from_pretrained(tok_src)
@@ -267,37 +276,6 @@ def merge_lora(
         export_template(merged, tokenizer, template_for_tokenizer(tokenizer))
     extra = [adapter / TEMPLATES_RECORD] if (adapter / TEMPLATES_RECORD).exists() else []
     return _save_folder(merged, tokenizer, target, extra)
-
-
-def apply_delta(base: str, delta: str, target: str | os.PathLike[str], dtype: str = "float32") -> Path:
-    """Vicuna-style delta weights: `target = base + delta`, parameter by parameter, with the delta's tokenizer.
-
-    A delta with a larger vocabulary (added tokens) is applied to the base rows it has; extra rows come from it as is.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base_model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=getattr(torch, dtype))
-    delta_path = resolve_model(delta)
-    delta_model = AutoModelForCausalLM.from_pretrained(delta_path, dtype=getattr(torch, dtype))
-    base_sd = base_model.state_dict()
-    seen: set[int] = set()
-    with torch.no_grad():
-        for name, param in delta_model.state_dict().items():
-            if param.data_ptr() in seen:  # tied weights: add once
-                continue
-            seen.add(param.data_ptr())
-            if name not in base_sd:
-                raise ModelBuildError(f"delta parameter {name!r} has no counterpart in the base model {base!r}")
-            b = base_sd[name]
-            if param.shape == b.shape:
-                param += b
-            elif param.dim() == b.dim() and param.shape[1:] == b.shape[1:] and param.shape[0] >= b.shape[0]:
-                param[: b.shape[0]] += b
-            else:
-                raise ModelBuildError(
-                    f"{name}: delta shape {tuple(param.shape)} does not fit base shape {tuple(b.shape)}"
-                )
-    return _save_folder(delta_model, AutoTokenizer.from_pretrained(delta_path), target)
 
 
 def _save_folder(model: Any, tokenizer: Any, target: str | os.PathLike[str], extra: Sequence[Path] = ()) -> Path:

@@ -383,6 +383,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     final = _write_final(cfg, engine, tokenizer, rank, stats)
     if rank == 0:
         plot_loss(out / "metrics.jsonl", out / "loss_curve.png")
+        from huarizo.trainer.card import write_train_cards
+
+        write_train_cards(cfg, final)
     dist.barrier()
     del hf_ds
     return TrainResult(out, final, total, start, loss)
