@@ -245,3 +245,16 @@ def test_corrupt_foreign_and_old_cache_entries(tmp_path: Path, caplog: pytest.Lo
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 3 and all("ignoring the cache entry" in w for w in warned)
     assert any("another request" in w for w in warned)
+
+
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+def test_stop_reason_tells_a_stop_string_from_the_end_of_turn(mode: str, tmp_path: Path) -> None:
+    """vLLM's and huarizo serve's `stop_reason` comes through litellm, and is cached with the answer."""
+    replies = iter([Reply("a", stop_reason="### Response:"), Reply("b", stop_reason=None), Reply("c", stop_reason=1)])
+    with ScriptedServer(lambda req: next(replies)) as server:
+        client = LLMClient("openai/m", api_base=server.url, api_key="x", mode=mode, cache_dir=tmp_path)  # type: ignore[arg-type]
+        header, eos, token = (client.complete("q", max_tokens=n) for n in (1, 2, 3))
+        assert (header.stop_reason, eos.stop_reason, token.stop_reason) == ("### Response:", None, 1)
+        assert [r.ended_by_itself for r in (header, eos, token)] == [False, True, True]
+        again = client.complete("q", max_tokens=1)
+    assert again.cached and again.stop_reason == "### Response:" and not again.ended_by_itself

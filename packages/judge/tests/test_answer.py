@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats.testing import ScriptedServer
+from huarizo.formats.testing import Reply, ScriptedServer
 from huarizo.judge import AnswerConfig, answer, load_answers, load_questions
 
 
@@ -47,6 +47,10 @@ def test_multi_turn_answered_turn_by_turn_and_cached(tmp_path, shared_data) -> N
             "failed": 0,
             "asked": 0,
             "cached": 20,
+            "turns": 20,
+            "ended": 20,
+            "cut": 0,
+            "length": 0,
         }
     assert (tmp_path / "again.jsonl").read_text().count("\n") == 10
     qs = load_questions(qs_path)
@@ -178,3 +182,29 @@ def test_answers_of_a_retrained_model_under_the_same_name_are_asked_again(tmp_pa
     assert {r["fingerprint"] for r in rows} == {"fp-new"}
     aside = [json.loads(line) for line in (tmp_path / "answers.fp-old.jsonl").open()]
     assert [r["choices"][0]["turns"][0] for r in aside] == ["old model"] * 3  # nothing lost
+
+
+def test_answers_record_why_each_turn_ended(tmp_path: Path, vicuna: dict[str, Any]) -> None:
+    """A base model that writes the template's next section header is cut by a stop string: that is not an answer
+    that ended by itself, and the counts (what the pipeline's stop rate reads) keep the two apart."""
+    first, second, third = load_questions(vicuna["questions"]).questions[:3]
+    replies = {
+        first.turns[0]: Reply("a", stop_reason=None),  # the model's own end of turn
+        second.turns[0]: Reply("b", stop_reason="### Response:"),  # a stop string cut it
+        third.turns[0]: Reply("c", finish_reason="length"),
+    }
+    with ScriptedServer(lambda req: replies[req["messages"][-1]["content"]]) as server:
+        cfg = AnswerConfig(
+            endpoint={"model": "openai/m", "api_base": server.url, "cache_dir": str(tmp_path / "cache")},
+            questions=str(vicuna["questions"]),
+            out=str(tmp_path / "a.jsonl"),
+            limit=3,
+        )
+        result = answer(cfg, progress=False)
+    counts = {k: result.counts[k] for k in ("turns", "ended", "cut", "length")}
+    assert counts == {"turns": 3, "ended": 1, "cut": 1, "length": 1}
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    by_id = {str(r["question_id"]): r["choices"][0] for r in rows}
+    assert by_id[first.question_id]["finish_reasons"] == ["stop"] and by_id[first.question_id]["stop_reasons"] == [None]
+    assert by_id[second.question_id]["stop_reasons"] == ["### Response:"]
+    assert by_id[third.question_id]["finish_reasons"] == ["length"]

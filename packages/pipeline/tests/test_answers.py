@@ -27,7 +27,9 @@ def answerers(questions: Path) -> Iterator[tuple[str, str]]:
     def oracle(req: dict[str, Any]) -> Reply:  # the reference answer, ended by itself
         return Reply(text=refs[req["messages"][-1]["content"]], finish_reason="stop")
 
-    def rambler(req: dict[str, Any]) -> Reply:  # a long answer cut off at max_tokens
+    def rambler(req: dict[str, Any]) -> Reply:  # a long answer cut off at max_tokens, or by a stop string
+        if len(req["messages"][-1]["content"]) % 2:
+            return Reply(text=RAMBLE, finish_reason="stop", stop_reason="### Instruction:")
         return Reply(text=RAMBLE, finish_reason="length")
 
     with ScriptedServer(oracle, model="oracle") as a, ScriptedServer(rambler, model="rambler") as b:

@@ -67,6 +67,14 @@ class LLMResponse:
     model: str
     cached: bool = False
     logprobs: tuple[TokenLogprob, ...] | None = None
+    stop_reason: str | int | None = None
+    """What stopped a `finish_reason="stop"` answer, where the server says (vLLM's and `huarizo serve`'s
+    `stop_reason`): the stop string, or the stop token's id; None for the model's own end of sequence."""
+
+    @property
+    def ended_by_itself(self) -> bool:
+        """Whether the model ended the answer: an end-of-turn token, not `max_tokens` or a stop string."""
+        return self.finish_reason == "stop" and not isinstance(self.stop_reason, str)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LLMResponse:
@@ -77,6 +85,11 @@ class LLMResponse:
                 TokenLogprob(t["token"], float(t["logprob"]), tuple((a, float(b)) for a, b in t["top"])) for t in lps
             )
         return cls(**{**data, "logprobs": lps})
+
+
+def _stop_reason(choice: Any) -> str | int | None:
+    reason = _get(choice, "stop_reason")
+    return reason if isinstance(reason, str | int) and not isinstance(reason, bool) else None
 
 
 @dataclass
@@ -365,6 +378,7 @@ class LLMClient:
             request_hash=h,
             model=self.model,
             logprobs=logprobs,
+            stop_reason=_stop_reason(choice),
         )
 
     async def aclose(self) -> None:

@@ -25,8 +25,10 @@ from typing import Any
 class Reply:
     """A scripted reply: text, or a fault.
 
-    `logprobs` gives, for each generated token in order, its most likely alternatives as `{token: logprob}`; the
-    generated token is the most likely one. The server sends the first K alternatives a request asks for.
+    `stop_reason` is what stopped a "stop" answer, as vLLM and `huarizo serve` report it (a stop string, a stop token
+    id, or None for the end of sequence). `logprobs` gives, for each generated token in order, its most likely
+    alternatives as `{token: logprob}`; the generated token is the most likely one. The server sends the first K
+    alternatives a request asks for.
     """
 
     text: str = ""
@@ -35,6 +37,7 @@ class Reply:
     finish_reason: str = "stop"
     raw_body: str | None = None
     logprobs: Sequence[Mapping[str, float]] | None = None
+    stop_reason: str | int | None = None
 
 
 def _ranked(position: Mapping[str, float], k: int) -> list[tuple[str, float]]:
@@ -154,7 +157,12 @@ class ScriptedServer:
                     return
                 chat = self.path.rstrip("/").endswith("chat/completions")
                 prompt_tokens = len(prompt_text(body).split())
-                choice: dict[str, Any] = {"index": 0, "finish_reason": reply.finish_reason, "logprobs": None}
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "finish_reason": reply.finish_reason,
+                    "stop_reason": reply.stop_reason,
+                    "logprobs": None,
+                }
                 if chat:
                     choice["message"] = {"role": "assistant", "content": reply.text}
                     if body.get("logprobs") and reply.logprobs is not None:

@@ -2,7 +2,7 @@
 read from token probabilities or text), score existing judgments, audit the judge, and report win rates with
 standard errors and confidence intervals."""
 
-from huarizo.judge.answer import answer
+from huarizo.judge.answer import answer, ended_by_itself, ending_counts
 from huarizo.judge.config import AnswerConfig, GradeConfig, ScoreConfig
 from huarizo.judge.data import Answer, Question, QuestionSet, load_answers, load_questions, load_references
 from huarizo.judge.grade import grade
@@ -31,6 +31,8 @@ __all__ = [
     "Reader",
     "ScoreConfig",
     "answer",
+    "ended_by_itself",
+    "ending_counts",
     "grade",
     "harness",
     "load_answers",

@@ -15,6 +15,7 @@ import asyncio
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ async def _answer_one(cfg: AnswerConfig, client: LLMClient, q: Question, model_i
 
         template = get_template(cfg.template)
     turns: list[str] = []
+    finish: list[str | None] = []
+    stop: list[str | int | None] = []
     messages: list[dict[str, str]] = [{"role": "system", "content": cfg.system}] if cfg.system else []
     for user in q.turns:
         messages.append({"role": "user", "content": user})
@@ -49,14 +52,38 @@ async def _answer_one(cfg: AnswerConfig, client: LLMClient, q: Question, model_i
         else:
             resp = await client.acomplete(messages, **params)
         turns.append(resp.text.strip())
+        finish.append(resp.finish_reason)
+        stop.append(resp.stop_reason)
         messages.append({"role": "assistant", "content": turns[-1]})
+    choice = {"index": 0, "turns": turns, "finish_reasons": finish, "stop_reasons": stop}
     return {
         "question_id": q.question_id,
         "answer_id": f"{model_id}:{q.question_id}",
         "model_id": model_id,
-        "choices": [{"index": 0, "turns": turns}],
+        "choices": [choice],
         "tstamp": time.time(),
     }
+
+
+def ended_by_itself(finish_reason: str | None, stop_reason: str | int | None) -> bool:
+    """Whether a turn ended at the model's own end of turn (not at `max_tokens`, nor cut by a stop string such as a
+    template's section header that a base model writes again): `finish_reason` stop, `stop_reason` not a string."""
+    return finish_reason == "stop" and not isinstance(stop_reason, str)
+
+
+def ending_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How the turns of answer records ended: `turns`, `ended` (by the model itself), `cut` (at a stop string),
+    `length` (at max_tokens); records written before finish reasons were recorded count in `turns` only."""
+    counts = {"turns": 0, "ended": 0, "cut": 0, "length": 0}
+    for rec in records:
+        choice = rec["choices"][0]
+        finish, stop = choice.get("finish_reasons") or [], choice.get("stop_reasons") or []
+        counts["turns"] += len(choice["turns"])
+        for i, reason in enumerate(finish):
+            why = stop[i] if i < len(stop) else None
+            key = "ended" if ended_by_itself(reason, why) else "cut" if reason == "stop" else "length"
+            counts[key] += reason in ("stop", "length")
+    return counts
 
 
 def _aside(out: Path, fingerprint: Any) -> Path:
@@ -85,9 +112,11 @@ def _set_aside(out: Path, model_id: str, fingerprint: str | None) -> tuple[set[s
     return {str(r.get("question_id")) for r in mine if id(r) not in stale}, len(stale)
 
 
-def answer(cfg: AnswerConfig, *, progress: bool = True) -> AnswerResult:
-    """Answer every question not yet answered by this model in `cfg.out`. Raises `JudgeIncomplete` (carrying the
-    result) when some questions failed; their answers come on a rerun."""
+def answer(cfg: AnswerConfig, *, progress: bool = True, on_answer: Callable[[], None] | None = None) -> AnswerResult:
+    """Answer every question not yet answered by this model in `cfg.out` (`on_answer` is called after each one).
+    Each answer records why its turns ended (`finish_reasons`, `stop_reasons`); the result counts them (`ended`: by
+    the model itself). Raises `JudgeIncomplete` (carrying the result) when some questions failed; their answers come
+    on a rerun."""
     start = time.monotonic()
     qs = load_questions(cfg.questions).questions[: cfg.limit]
     model_id = cfg.model_id or cfg.endpoint.model.rsplit("/", 1)[-1]
@@ -97,13 +126,15 @@ def answer(cfg: AnswerConfig, *, progress: bool = True) -> AnswerResult:
     done, replaced = _set_aside(out, model_id, fingerprint)
     todo = [q for q in qs if q.question_id not in done]
     with JsonlAppender(out, fsync=True) as app:
-        failures = asyncio.run(_run(cfg, client, todo, model_id, fingerprint, app, progress))
+        failures = asyncio.run(_run(cfg, client, todo, model_id, fingerprint, app, progress, on_answer))
+        mine = [r for r in app.existing() if r.get("model_id") == model_id]
     counts = {
         "questions": len(qs),
         "answered": len(todo) - len(failures),
         "kept": len(qs) - len(todo),
         "replaced": replaced,
         "failed": len(failures),
+        **ending_counts(mine),
     }
     result = AnswerResult.build(out, model_id, fingerprint, counts, client.usage, time.monotonic() - start)
     if failures:
@@ -123,6 +154,7 @@ async def _run(
     fingerprint: str | None,
     app: JsonlAppender,
     progress: bool,
+    on_answer: Callable[[], None] | None,
 ) -> list[str]:
     from tqdm import tqdm
 
@@ -139,6 +171,8 @@ async def _run(
             rec["fingerprint"] = fingerprint
         app.append([rec])  # one whole line per question, written as soon as it is complete
         bar.update(1)
+        if on_answer is not None:
+            on_answer()
 
     try:
         await asyncio.gather(*(job(q) for q in todo))

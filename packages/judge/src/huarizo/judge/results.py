@@ -39,7 +39,8 @@ def _tokens_and_cost(usage: Usage) -> dict[str, Any]:
 class AnswerResult(StageResult):
     """What `answer()` returns. `counts`: `questions`, `answered` (this run), `kept` (answered before, same model),
     `replaced` (answered before by another model fingerprint, moved aside), `failed`, `asked` (requests sent),
-    `cached` (requests answered from the cache)."""
+    `cached` (requests answered from the cache), and how the answers' turns ended: `turns`, `ended` (at the model's
+    own end of turn), `cut` (at a stop string), `length` (at max_tokens)."""
 
     model_id: str = Field(description="the model_id written into the answers")
     fingerprint: str | None = Field(None, description="the fingerprint the server reports for the model, if any")

@@ -1,6 +1,7 @@
 """Reference metrics with intervals: ROUGE-L and exact match (the judge's `evaluate` modules, one score per
-question) and the stop rate (answers that ended by themselves before `max_tokens`), each a mean over questions with
-a percentile bootstrap interval and a standard error.
+question) and the stop rate (turns the model ended itself, at its end of turn: not at `max_tokens`, nor cut by a
+stop string such as a template's section header a base model writes again), each a mean over questions with a
+percentile bootstrap interval and a standard error.
 
 huarizo-judge's metric modules return only the mean; this is the smallest version that gives intervals. It belongs
 in huarizo-judge; until it moves there it lives here.
@@ -58,16 +59,16 @@ def score_answers(
     rows: list[dict[str, Any]] = []
     for model, path in answer_files.items():
         answers = next(iter(load_answers(path, qs).values()), {})
-        reasons = _finish_reasons(path)
+        endings = _endings(path)
         rl: list[float] = []
         em: list[float] = []
         stops: list[float] = []
         for qid, ans in answers.items():
             q = by_id[qid]
             row: dict[str, Any] = {"model": model, "question_id": qid}
-            for reason in reasons.get(qid, []):
-                stops.append(float(reason == "stop"))
-            row["stopped"] = all(r == "stop" for r in reasons.get(qid, [None]))
+            ended = endings.get(qid, [])
+            stops += [float(e) for e in ended]
+            row["stopped"] = bool(ended) and all(ended)
             if q.reference:
                 pred, ref = ans.turns[-1], q.reference[min(len(ans.turns), len(q.reference)) - 1]
                 row["rouge_l"] = rouge.compute(predictions=[pred], references=[ref])["rougeL"]
@@ -85,12 +86,20 @@ def score_answers(
     return summary, rows
 
 
-def _finish_reasons(path: Path) -> dict[str, list[str | None]]:
+def _endings(path: Path) -> dict[str, list[bool]]:
+    """Per question, whether each turn ended by itself (from the `finish_reasons` and `stop_reasons` that
+    `huarizo.judge.answer` records)."""
     import json
 
-    out: dict[str, list[str | None]] = {}
+    from huarizo.judge import ended_by_itself
+
+    out: dict[str, list[bool]] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip():
-            rec = json.loads(line)
-            out[str(rec["question_id"])] = list(rec["choices"][0].get("finish_reasons") or [])
+            choice = json.loads(line)["choices"][0]
+            finish, stop = choice.get("finish_reasons") or [], choice.get("stop_reasons") or []
+            why = [*stop, *[None] * (len(finish) - len(stop))]
+            out[str(json.loads(line)["question_id"])] = [
+                ended_by_itself(f, s) for f, s in zip(finish, why, strict=True)
+            ]
     return out

@@ -480,7 +480,8 @@ def write_report(
         ]
         doc.table(["model", "answers", "stop rate", "ROUGE-L", "exact match"], rows)
         doc.p(
-            "Stop rate: answers that ended by themselves (end of turn or a stop string) before max_tokens. ROUGE-L "
+            "Stop rate: answers the model ended itself, at its end of turn (not cut at max_tokens, nor by a stop "
+            "string such as the template's next section header, which a base model writes when it runs on). ROUGE-L "
             "and exact match (normalised case, whitespace and punctuation) against each question's reference. "
             "Intervals: 95% percentile bootstrap over the questions."
         )

@@ -424,8 +424,7 @@ def _answer(recipe: RecipeConfig) -> Stage:
     served = _served_names(recipe, "answer")
 
     def run(ctx: Context) -> StageResult:
-        from huarizo.judge import AnswerConfig
-        from huarizo.pipeline.answers import answer
+        from huarizo.judge import AnswerConfig, answer
 
         outputs: dict[str, Path] = {}
         counts: dict[str, int] = {}
@@ -435,7 +434,7 @@ def _answer(recipe: RecipeConfig) -> Stage:
         for name, cfg in entries.items():
             data = resolve_served(cfg.model_dump(mode="json"), ctx)
             data["endpoint"]["cache_dir"] = data["endpoint"].get("cache_dir") or str(ctx.cache("answer"))
-            r = answer(AnswerConfig.model_validate(data), on_answer=ctx.tick)
+            r = answer(AnswerConfig.model_validate(data), progress=False, on_answer=ctx.tick)
             outputs[name] = Path(cfg.out)
             counts |= {f"{name}:{k}": v for k, v in r.counts.items()}
             per_model[name] = dict(r.counts)
