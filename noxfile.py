@@ -49,11 +49,12 @@ for _p in PACKAGES:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff and mypy."""
+    """ruff, mypy and the import layers (import-linter)."""
     _install_all(session)  # mypy checks against the real dependencies' types
-    session.install("ruff", "mypy", "types-PyYAML", "nox")
+    session.install("ruff", "mypy", "types-PyYAML", "nox", "import-linter")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")  # the layers of the architecture: [tool.importlinter] in pyproject.toml
     session.run("mypy", *[f"packages/{p}/src" for p in PACKAGES])
 
 
