@@ -130,14 +130,20 @@ def _jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
-@pytest.fixture
-def arena_files(tmp_path: Path) -> dict[str, Path]:
-    """A question file and the two models' answer files (MT-bench layouts), written by hand."""
-    files = {"questions": _jsonl(tmp_path / "question.jsonl", list(ARENA_QUESTIONS))}
+def write_arena_files(folder: Path) -> dict[str, Path]:
+    """A question file and the two models' answer files (MT-bench layouts), written by hand into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"questions": _jsonl(folder / "question.jsonl", list(ARENA_QUESTIONS))}
     for model, answers in ARENA_ANSWERS.items():
         rows = [{"question_id": q, "model_id": model, "choices": [{"turns": t}]} for q, t in answers.items()]
-        files[model] = _jsonl(tmp_path / f"{model}.jsonl", rows)
+        files[model] = _jsonl(folder / f"{model}.jsonl", rows)
     return files
+
+
+@pytest.fixture
+def arena_files(tmp_path: Path) -> dict[str, Path]:
+    """The test arena's files (`write_arena_files`)."""
+    return write_arena_files(tmp_path / "arena-files")
 
 
 def arena_config(model_dir: Path, files: dict[str, Path], out: Path, **kw: object) -> ServeConfig:
@@ -197,6 +203,7 @@ class ArenaKit:
     questions = ARENA_QUESTIONS
     answers = ARENA_ANSWERS
     config = staticmethod(arena_config)
+    write_files = staticmethod(write_arena_files)
     votes_in = staticmethod(votes_in)
     csrf_of = staticmethod(csrf_of)
     Voter = Voter

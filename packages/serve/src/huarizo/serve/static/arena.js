@@ -106,16 +106,17 @@
       button.classList.remove("chosen");
     }
     $("after").hidden = true;
+    $("verdict").textContent = "";
     $("item").hidden = false;
     progress(data.voted, true);
     window.scrollTo(0, 0);
   }
 
-  async function load() {
+  async function load(note = "") {
     say("Loading the next item… (live answers are written first)");
     try {
       show(await api("/arena/api/next"));
-      say("");
+      say(note);
     } catch (err) {
       say(err.message, true);
     }
@@ -129,8 +130,7 @@
       reveal(record);
     } catch (err) {
       if (err.status === 409) {
-        say(`${err.message}: on to the next item.`);
-        await load();
+        await load(`${err.message}: on to the next item.`);
         return;
       }
       for (const button of voteButtons) button.disabled = false;
@@ -171,7 +171,7 @@
   }
 
   for (const button of voteButtons) button.addEventListener("click", () => vote(button.dataset.vote));
-  $("next").addEventListener("click", load);
+  $("next").addEventListener("click", () => load());
   $("ask").addEventListener("submit", ask);
   document.addEventListener("keydown", (event) => {
     if (event.target.closest("textarea, input") || event.ctrlKey || event.metaKey || event.altKey) return;
