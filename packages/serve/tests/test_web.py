@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import expect
 
 from huarizo.formats.testing import ScriptedServer
-from huarizo.serve import RunningServer, start_server
+from huarizo.serve import RunningServer, ServeConfig, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -172,7 +172,7 @@ def test_arena_session_records_votes_with_the_order_shown_and_resumes(  # type: 
     out = tmp_path / "arena"
     plan = {"1": "A", "2": "B", "3": "tie", "4": "both_bad", "5": "A"}
     with start_server(kit.config(tiny_model_dir, arena_files, out)) as server:
-        ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+        ctx = browser.new_context(viewport={"width": 1280, "height": 480})
         page = _start(ctx, server.url, "ana")
         seen: list[tuple[str, tuple[str, str], str]] = []
         for item in ("1", "2", "3"):
@@ -415,3 +415,23 @@ def test_a_page_of_another_origin_cannot_post_for_the_voter(  # type: ignore[no-
             evil.shutdown()
             evil.server_close()
     assert kit.votes_in(out) == []
+
+
+@pytest.mark.slow
+def test_chat_with_the_embedded_model(browser: Any, artifacts: Path) -> None:
+    """The README's screenshot of /ui: the embedded model (Gemma 3 270M base, alpaca template) answering."""
+    with start_server(ServeConfig(model="embedded", port=0)) as server:
+        ctx = browser.new_context(viewport={"width": 1200, "height": 760})
+        page = ctx.new_page()
+        page.goto(f"{server.url}/ui")
+        expect(page.locator("#template-name")).to_have_text("alpaca")
+        _settings(page, 40)
+        question = "Give three tips for staying healthy."
+        shown = _send(page, question)
+        client = openai.OpenAI(base_url=server.base_url, api_key="none")
+        got = client.chat.completions.create(
+            model="embedded", messages=[{"role": "user", "content": question}], max_tokens=40, temperature=0
+        )
+        assert shown.strip() and shown == got.choices[0].message.content
+        page.screenshot(path=str(artifacts / "ui-embedded.png"))
+        ctx.close()

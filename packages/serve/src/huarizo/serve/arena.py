@@ -28,6 +28,7 @@ import datetime
 import fcntl
 import hashlib
 import hmac
+import importlib.util
 import json
 import logging
 import os
@@ -140,8 +141,12 @@ class _Side:
         self.cfg, self.served = cfg, served
         if endpoint.model == SERVED:
             self.name, self.client = served.name, None
-        else:
-            self.name, self.client = endpoint.model.rsplit("/", 1)[-1], endpoint.client("chat", cache_dir=str(cache))
+            return
+        if importlib.util.find_spec("litellm") is None:
+            raise ArenaError(
+                f"arena.models: {endpoint.model} is asked through litellm: pip install 'huarizo-serve[arena]'"
+            )
+        self.name, self.client = endpoint.model.rsplit("/", 1)[-1], endpoint.client("chat", cache_dir=str(cache))
 
     async def _reply(self, messages: list[Message]) -> str:
         if self.client is not None:
