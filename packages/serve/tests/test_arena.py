@@ -177,6 +177,7 @@ def test_live_answers_are_asked_once_kept_and_readable_by_the_judge(
                 seen = list(pool.map(lambda v: v.next()["item"], (ana, bob)))
             assert sorted(map(json.dumps, seen[0]["answers"])) == sorted(map(json.dumps, seen[1]["answers"]))
             assert len(other.requests) == 1
+            assert "tiny-test" not in ana.http.get("/arena").text + json.dumps(seen)  # blind: no name before the vote
             assert ana.vote("1", "A").status_code == 200
             item4 = None
             for _ in range(3):

@@ -219,7 +219,6 @@ class Web:
             title=title,
             page=title.lower().split()[0],
             csrf=self.sessions.csrf(s),
-            model=self.served.name,
             logout_html=logout,
             main_html=main_html,
             scripts_html=scripts,
@@ -232,12 +231,16 @@ def _json_error(status: int, message: str) -> JSONResponse:
 
 
 async def _body(request: Request) -> bytes | None:
-    """A page's small body (None when over `MAX_FORM_BYTES`)."""
+    """A page's small body; None when over `MAX_FORM_BYTES` or not arrived within the server's `read_timeout`."""
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return None
+    try:
+        async with asyncio.timeout(request.app.state.read_timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_FORM_BYTES:
+                    return None
+    except TimeoutError:
+        return None
     return body
 
 
@@ -265,6 +268,7 @@ def mount_web(app: FastAPI, served: ServedModel, cfg: ServeConfig) -> Web:
     the app's shutdown calls."""
     web = Web(served, cfg)
     sessions = web.sessions
+    app.state.read_timeout = cfg.read_timeout
 
     def refuse_host(request: Request) -> Response | None:
         if web.host_ok(request.headers.get("host")):

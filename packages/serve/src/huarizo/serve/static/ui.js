@@ -3,8 +3,8 @@
 "use strict";
 (() => {
   const csrf = document.body.dataset.csrf;
-  const model = document.body.dataset.model;
   const $ = (id) => document.getElementById(id);
+  const model = $("chat").dataset.model;
   const messages = $("messages");
   const empty = $("empty");
   const prompt = $("prompt");
