@@ -436,3 +436,36 @@ def test_chat_with_the_embedded_model(browser: Any, artifacts: Path) -> None:
         assert shown.strip() and shown == got.choices[0].message.content
         page.screenshot(path=str(artifacts / "ui-embedded.png"))
         ctx.close()
+
+
+def test_live_arena_answers_a_prompt_the_voter_writes(
+    browser: Any, tiny_model_dir: Path, kit: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "live"
+    reply = "A llama is a domesticated South American camelid."
+    with ScriptedServer(lambda req: reply, model="other") as other:
+        models = ["served", {"model": "openai/other", "api_base": other.url}]
+        arena = {"out": str(out), "models": models, "max_tokens": 16}
+        cfg = ServeConfig(model=str(tiny_model_dir), port=0, model_name="tiny-test", dtype="float32", arena=arena)
+        with start_server(cfg) as server:
+            ctx = browser.new_context()
+            page = ctx.new_page()
+            page.goto(f"{server.url}/arena")
+            page.fill("#voter-name", "ana")
+            page.click("text=Start voting")
+            expect(page.locator("#progress-text")).to_have_text("0 votes so far")
+            page.fill("#ask-prompt", "What is a llama?")
+            page.click("#ask-send")
+            expect(page.locator("#item")).to_be_visible()  # both answers appear together
+            expect(page.locator("#question")).to_have_text("What is a llama?")
+            assert reply in [_turns(page, "a")[0], _turns(page, "b")[0]]
+            assert "tiny-test" not in page.content()
+            page.keyboard.press("3")  # both are bad
+            expect(page.locator("#verdict")).to_contain_text("You voted: both are bad.")
+            page.click("#next")
+            expect(page.locator("#ask")).to_be_visible()
+            expect(page.locator("#progress-text")).to_have_text("1 vote so far")
+            ctx.close()
+    (vote,) = kit.votes_in(out)
+    assert (vote["voter"], vote["item"], vote["vote"], vote["winner"]) == ("ana", "1", "both_bad", "both_bad")
+    assert vote["models"] == ["tiny-test", "other"]
