@@ -239,6 +239,9 @@ def serve(cfg: ServeConfig, *, announce: Callable[[str], None] = print) -> int:
                 f"serving {cfg.model} as {served.name!r} (template {served.template.name}) "
                 f"on http://{cfg.host}:{port}/v1"
             )
+            if cfg.web:
+                arena = f", votes in {cfg.arena.out}/votes.jsonl" if cfg.arena.enabled else ""
+                announce(f"pages: http://{cfg.host}:{port}/ui (chat), http://{cfg.host}:{port}/arena{arena}")
             sys.stdout.flush()
         await task
 
