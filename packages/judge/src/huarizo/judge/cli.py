@@ -31,7 +31,7 @@ _GRADE = [
     "plots",
     "out",
 ]
-_SCORE = ["out", "questions", "baseline", "instruction_difficulty", "bootstrap", "seed", "plots"]
+_SCORE = ["out", "questions", "baseline", "labels", "instruction_difficulty", "bootstrap", "seed", "plots"]
 
 
 def _legacy(parser: argparse.ArgumentParser, section: str, model_flag: str) -> None:
@@ -89,6 +89,26 @@ def _print_grade(s: dict[str, Any]) -> None:
             print(f"{m}: mean score {v['mean']} over {v['n']} ({v['errors']} errors)")
     a = s["audit"]
     print(f"audit: position consistency {a['position_consistency']}, prefers longer {a['prefers_longer']}")
+    lab = s.get("label_agreement")
+    if lab:
+        print(
+            f"agreement with labels: {_share(lab, 'with_ties')} with ties ({lab['n']} matched), "
+            f"{_share(lab, 'without_ties')} without ({lab['n_decided']} decided by both)"
+        )
+        for w in lab["win_rates"]:
+            print(
+                f"  {w['model']} vs {w['opponent']}: labels' win rate {w['win_rate']:.3f} [{{:.3f}}, {{:.3f}}]".format(
+                    *w["win_rate_ci"]
+                )
+                + f", the judge's {w['judge_win_rate']:.3f} "
+                + "[{:.3f}, {:.3f}]".format(*w["judge_win_rate_ci"])
+                + f" ({w['labels']} labels on {w['questions']} questions)"
+            )
+
+
+def _share(lab: dict[str, Any], kind: str) -> str:
+    value, ci = lab[f"agreement_{kind}"], lab[f"agreement_{kind}_ci"]
+    return "n/a" if value is None else "{:.3f} [{:.3f}, {:.3f}]".format(value, *ci)
 
 
 def _grade(args: argparse.Namespace) -> int:
@@ -149,7 +169,9 @@ def register(sub: Any) -> None:
     _legacy(p, "judge", "--judge")
     p.set_defaults(func=_grade)
 
-    p = jsub.add_parser("score", help="score existing judgments (AlpacaEval, FastChat, Huarizo): summary and report")
+    p = jsub.add_parser(
+        "score", help="score existing judgments (AlpacaEval, FastChat, Huarizo, arena votes): summary and report"
+    )
     p.add_argument("cfg:files", nargs="+", metavar="FILE", help=ScoreConfig.model_fields["files"].description)
     add_config_options(p, ScoreConfig, _SCORE, config_file=False)
     p.set_defaults(func=_score)

@@ -70,7 +70,11 @@ class GradeConfig(HuarizoConfig):
     temperature: float = Field(0.0, ge=0, description="sampling temperature of the judge")
     retry_temperature: float = Field(0.7, ge=0, description="temperature of the requests asked again")
     max_tokens: int = Field(1024, ge=1, description="longest text-verdict reply, in tokens")
-    labels: list[str] = Field(default_factory=list, description="label files for the agreement audit")
+    labels: list[str] = Field(
+        default_factory=list,
+        description="label files for the agreement audit: arena votes (votes.jsonl of huarizo serve), FastChat "
+        "reviews, AlpacaEval annotations",
+    )
     instruction_difficulty: str | None = Field(
         None,
         description="AlpacaEval's instruction_difficulty.csv (index, instruction_difficulty): also report "
@@ -93,7 +97,7 @@ class ScoreConfig(HuarizoConfig):
     files: list[str] = Field(
         min_length=1,
         description="judgment files: AlpacaEval annotations, FastChat MT-bench judgments (pair or single), "
-        "Huarizo judgments.jsonl",
+        "Huarizo judgments.jsonl, arena votes (votes.jsonl of huarizo serve)",
     )
     out: str = Field(description="output folder")
     questions: str | None = Field(None, description="question file: categories for the per-category tables")
@@ -105,8 +109,12 @@ class ScoreConfig(HuarizoConfig):
         description="AlpacaEval's instruction_difficulty.csv (index, instruction_difficulty): also report "
         "AlpacaEval's length-controlled win rate formula",
     )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="label files for the agreement audit (arena votes, AlpacaEval annotations)",
+    )
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of the confidence intervals")
     seed: int = Field(0, description="seed of the bootstrap")
     plots: bool = Field(True, description="draw PNG plots into the report")
 
-    _lists = field_validator("files", mode="before")(_listify)
+    _lists = field_validator("files", "labels", mode="before")(_listify)

@@ -1,10 +1,12 @@
 """Reference labels for the judge audit: human or strong-judge preferences to measure a judge's agreement against.
 
-Two layouts are read (detected from keys):
+Three layouts are read (detected from keys):
 
 - FastChat's legacy reviews (`review/*.jsonl`): `question_id, answer1_id, answer2_id, text` where `text` starts with
   the two scores "s1 s2" (also in `score`); the answer ids name the models through the answer files being graded.
 - AlpacaEval annotations: `instruction, generator_1, generator_2, preference` (1 or 2, 1.5 or 0 for a tie).
+- People's votes from the arena of `huarizo serve` (`votes.jsonl`: `voter, item, models, shown, vote`; both bad is a
+  tie), one label per vote: several people may label the same comparison.
 """
 
 from __future__ import annotations
@@ -18,18 +20,20 @@ from typing import Any
 from huarizo.formats.errors import HuarizoError, RecordError
 from huarizo.formats.io import iter_raw
 from huarizo.judge.data import Answer, QuestionSet, text_key
+from huarizo.judge.votes import is_vote, read_vote
 
 _SCORES = re.compile(r"^\s*(\d+(?:\.\d+)?)[\s,/]+(\d+(?:\.\d+)?)")
 
 
 @dataclass(frozen=True)
 class Label:
-    """A labelled comparison: `winner` is `model_1`, `model_2` or `tie`."""
+    """A labelled comparison: `winner` is `model_1`, `model_2` or `tie`; `voter` names the person (arena votes)."""
 
     question_id: str
     model_1: str
     model_2: str
     winner: str
+    voter: str | None = None
 
 
 def _review_scores(d: dict[str, Any]) -> tuple[float, float] | None:
@@ -47,11 +51,16 @@ def _winner(s1: float, s2: float, m1: str, m2: str) -> str:
 
 
 def load_labels(
-    path: str | os.PathLike[str], questions: QuestionSet, answers: dict[str, dict[str, Answer]]
+    path: str | os.PathLike[str],
+    questions: QuestionSet | None,
+    answers: dict[str, dict[str, Answer]] | None = None,
 ) -> list[Label]:
-    """Read a labels file; comparisons whose models or questions are not being graded are skipped."""
-    by_answer_id = {a.answer_id: a.model_id for per in answers.values() for a in per.values() if a.answer_id}
-    by_text = {q.text_key: q.question_id for q in questions.questions}
+    """Read a labels file; comparisons whose models or questions are not being graded are skipped. Without
+    `questions` (scoring existing judgments) every question is kept (an AlpacaEval instruction's id is its text key);
+    without `answers`, every model (FastChat reviews, which name answers by id, need them)."""
+    by_answer_id = {a.answer_id: a.model_id for per in (answers or {}).values() for a in per.values() if a.answer_id}
+    by_text = {q.text_key: q.question_id for q in questions.questions} if questions else None
+    ids = {q.question_id for q in questions.questions} if questions else None
     out: list[Label] = []
     for item in iter_raw(path):
         if isinstance(item, RecordError):
@@ -60,6 +69,8 @@ def load_labels(
         if not isinstance(d, dict):
             raise RecordError(item.file, item.where, None, "expected a JSON object")
         if "answer1_id" in d:
+            if answers is None:
+                raise HuarizoError(f"{path}: FastChat reviews name answers by id: grade them with the answer files")
             scores = _review_scores(d)
             if scores is None:
                 raise RecordError(item.file, item.where, "text", "neither a score pair nor text starting 's1 s2'")
@@ -69,7 +80,8 @@ def load_labels(
             s1, s2 = scores
             out.append(Label(str(d["question_id"]), m1, m2, _winner(s1, s2, m1, m2)))
         elif "generator_1" in d and "preference" in d:
-            qid = by_text.get(text_key(str(d.get("instruction", ""))))
+            key = text_key(str(d.get("instruction", "")))
+            qid = key if by_text is None else by_text.get(key)
             pref = d["preference"]
             if qid is None or pref is None or (isinstance(pref, float) and math.isnan(pref)):
                 continue
@@ -80,14 +92,25 @@ def load_labels(
             m1, m2 = str(d["generator_1"]), str(d["generator_2"])
             winner = "tie" if p == 0 or p == 1.5 else m1 if p < 1.5 else m2
             out.append(Label(qid, m1, m2, winner))
+        elif is_vote(d):
+            try:
+                v = read_vote(d)
+            except KeyError as exc:
+                raise RecordError(item.file, item.where, str(exc.args[0]), "missing (arena vote)") from None
+            except ValueError as exc:
+                raise RecordError(item.file, item.where, None, f"{exc} (arena vote)") from None
+            if (ids is not None and v.item not in ids) or (answers is not None and not set(v.models) <= set(answers)):
+                continue
+            out.append(Label(v.item, v.models[0], v.models[1], v.winner, v.voter))
         else:
             keys = ", ".join(sorted(d))
             raise RecordError(
                 item.file,
                 item.where,
                 None,
-                f"unknown labels layout (keys {keys}); expected FastChat reviews (answer1_id, answer2_id, text) "
-                "or AlpacaEval annotations (generator_1, generator_2, preference)",
+                f"unknown labels layout (keys {keys}); expected FastChat reviews (answer1_id, answer2_id, text), "
+                "AlpacaEval annotations (generator_1, generator_2, preference) or arena votes (item, models, shown, "
+                "vote)",
             )
     if not out:
         raise HuarizoError(f"{path}: no label matches the models and questions being graded")

@@ -207,9 +207,50 @@ def _labels(s: dict[str, Any]) -> list[str]:
     lab = s.get("label_agreement")
     if not lab:
         return ["", "No labels given (`--labels FILE`): agreement with human or reference labels not measured."]
-    header = ["labels", "matched", "agreement (with ties)", "decided by both", "agreement (without ties)"]
-    row = [str(lab["labels"]), str(lab["n"]), _fmt(lab["agreement_with_ties"], True), str(lab["n_decided"])]
-    return ["", "### Agreement with labels", "", *_table(header, [[*row, _fmt(lab["agreement_without_ties"], True)]])]
+    header = ["labels", "matched", "agreement (with ties)", "95% CI", "decided by both", "agreement (without ties)"]
+    row = [str(lab["labels"]), str(lab["n"]), _fmt(lab["agreement_with_ties"], True)]
+    row += [_fmt(lab.get("agreement_with_ties_ci"), True), str(lab["n_decided"])]
+    row += [_fmt(lab["agreement_without_ties"], True)]
+    if "agreement_without_ties_ci" in lab:  # summaries of 0.1 have no intervals
+        header.append("95% CI")
+        row.append(_fmt(lab["agreement_without_ties_ci"], True))
+    title = "### Agreement with people (arena votes)" if lab.get("from_people") else "### Agreement with labels"
+    lines = ["", title, "", *_table(header, [row])]
+    lines += [
+        "",
+        f"Ties: {lab['judge_ties']} of the judge's verdicts, {lab['label_ties']} of the labels (an arena vote of "
+        "both bad is a tie). Intervals: bootstrap, resampling questions.",
+    ]
+    people = lab.get("between_people")
+    if people:
+        lines += [
+            "",
+            f"Between people ({people['voters']} voters; {plural(people['n'], 'pair')} of votes on the same "
+            f"comparison): {_fmt(people['agreement_with_ties'], True)} "
+            f"{_fmt(people['agreement_with_ties_ci'], True)} with ties, "
+            f"{_fmt(people['agreement_without_ties'], True)} {_fmt(people['agreement_without_ties_ci'], True)} "
+            f"without ({people['n_decided']} decided by both).",
+        ]
+    if lab.get("win_rates"):
+        who = "people" if lab.get("from_people") else "labels"
+        header = ["model", "opponent", who, "questions", f"{who}' win rate", "95% CI", "judge's win rate", "95% CI"]
+        rows = [
+            [
+                esc(w["model"]),
+                esc(w["opponent"]),
+                str(w["labels"]),
+                str(w["questions"]),
+                _rate(w),
+                _fmt(w["win_rate_ci"], True),
+                _rate({"win_rate": w["judge_win_rate"], "standard_error": w["judge_standard_error"]}),
+                _fmt(w["judge_win_rate_ci"], True),
+            ]
+            for w in lab["win_rates"]
+        ]
+        title = f"### Win rates: the {who} and the judge, on the same questions"
+        lines += ["", title, "", *_table(header, rows)]
+        lines += ["", "Ties count half; ± is the standard error."]
+    return lines
 
 
 def _harness(s: dict[str, Any]) -> list[str]:

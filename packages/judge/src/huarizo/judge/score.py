@@ -12,6 +12,11 @@ votes, another leaderboard's files) is one more `Reader`:
   with the order is a tie, as FastChat's `show_result` counts it; `error` rows are errors) and single
   (`model, score, turn`; a score of -1 is an error).
 - Huarizo's own `judgments.jsonl`, as `grade` writes it.
+- People's votes from the arena of `huarizo serve` (`votes.jsonl`, `huarizo.judge.votes`): each vote is a comparison
+  read from a person (`vote`), one verdict in the order the person saw (so the first-position preference is the
+  people's own); a tie or both bad counts half.
+
+With `labels`, the judgments are audited against them as `grade --labels` does.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from huarizo.formats.io import RawRecord, iter_raw
 from huarizo.judge.config import ScoreConfig
 from huarizo.judge.data import load_questions, text_key
 from huarizo.judge.judgments import Judgment, flip, settle
+from huarizo.judge.labels import load_labels
 from huarizo.judge.report import write_run
 from huarizo.judge.results import GradeResult
 from huarizo.judge.summary import SummaryOptions, read_difficulty, summarize
+from huarizo.judge.votes import is_vote, read_vote
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,30 @@ def _fastchat_single(d: dict[str, Any], position: int) -> tuple[Judgment, str | 
     return j, _judge_name(d)
 
 
+PEOPLE = "people (arena votes)"
+"""The judge's name in the report of scored votes."""
+
+
+def _arena_vote(d: dict[str, Any], position: int) -> tuple[Judgment, str | None]:
+    v = read_vote(d)
+    preference = 1.0 if v.winner == v.models[0] else 0.0 if v.winner == v.models[1] else 0.5
+    j = Judgment(
+        "pairwise",
+        v.item,
+        v.category,
+        0,
+        model_a=v.models[0],
+        model_b=v.models[1],
+        verdicts=[{"A": "A", "B": "B"}.get(v.vote, "C")],
+        order_preferences=[preference],
+        preference=preference,
+        winner=v.winner,
+        read=["vote"],
+        index=position,
+    )
+    return j, PEOPLE
+
+
 def _judge_name(d: dict[str, Any]) -> str | None:
     judge = d.get("judge")
     return str(judge[0]) if isinstance(judge, list) and judge else None
@@ -123,6 +154,7 @@ READERS: list[Reader] = [
     Reader(
         "Huarizo judgments", lambda d: "mode" in d and "question_id" in d, lambda d, i: (Judgment.from_record(d), None)
     ),
+    Reader("arena votes", is_vote, _arena_vote),
 ]
 """The kinds of judgment files `score` reads, tried in order on a file's first record."""
 
@@ -198,6 +230,8 @@ def score(cfg: ScoreConfig) -> GradeResult:
         raise HuarizoError("these files mix single ratings and pairwise comparisons: score them separately")
     js, baseline = _orient(js, cfg.baseline)
     _categories(js, cfg.questions)
+    qs = load_questions(cfg.questions) if cfg.questions else None
+    labels = [lab for path in cfg.labels for lab in load_labels(path, qs)]
     judge = ", ".join(sorted(judges)) or "existing judgments"
     opts = SummaryOptions(
         modes.pop(),
@@ -208,7 +242,7 @@ def score(cfg: ScoreConfig) -> GradeResult:
         cfg.seed,
         read_difficulty(cfg.instruction_difficulty),
     )
-    summary = {**summarize(js, opts), "sources": sources}
+    summary = {**summarize(js, opts, labels), "sources": sources}
     if not summary["n"]:
         raise HuarizoError(f"nothing to score: none of the {len(js)} judgments in {', '.join(cfg.files)} has a verdict")
     out = write_run(Path(cfg.out), summary, js, cfg, plots=cfg.plots)

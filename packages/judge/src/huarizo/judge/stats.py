@@ -124,16 +124,44 @@ def bradley_terry_ci(
     return out
 
 
-def agreement(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Agreement of judge verdicts with labels, each 'a', 'b' or 'tie': with ties (3-way) and without (both decided)."""
-    n = len(pairs)
-    same = sum(j == lab for j, lab in pairs)
-    decided = [(j, lab) for j, lab in pairs if j != "tie" and lab != "tie"]
+def cluster_bootstrap_ci(
+    values: Sequence[float], groups: Sequence[str], *, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[float]:
+    """Percentile bootstrap interval of the mean of `values`, resampling whole groups (the votes or labels of one
+    question stay together: they are not independent); [nan, nan] when empty."""
+    if not values:
+        return [math.nan, math.nan]
+    keys = sorted(set(groups))
+    index = {k: i for i, k in enumerate(keys)}
+    sums, counts = np.zeros(len(keys)), np.zeros(len(keys))
+    for v, g in zip(values, groups, strict=True):
+        sums[index[g]] += v
+        counts[index[g]] += 1
+    pick = np.random.default_rng(seed).integers(0, len(keys), size=(n, len(keys)))
+    means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def agreement(
+    pairs: Sequence[tuple[str, str]], groups: Sequence[str] | None = None, *, n: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Agreement of judge verdicts with labels, each 'a', 'b' or 'tie': with ties (3-way) and without (both decided),
+    each with a 95% bootstrap interval over `groups` (the question of each pair; default: each pair its own)."""
+    keys = list(groups) if groups is not None else [str(i) for i in range(len(pairs))]
+    same = [float(j == lab) for j, lab in pairs]
+    decided = [(float(j == lab), g) for (j, lab), g in zip(pairs, keys, strict=True) if "tie" not in (j, lab)]
     return {
-        "n": n,
-        "agreement_with_ties": same / n if n else None,
+        "n": len(pairs),
+        "agreement_with_ties": sum(same) / len(same) if same else None,
+        "agreement_with_ties_ci": cluster_bootstrap_ci(same, keys, n=n, seed=seed) if same else None,
         "n_decided": len(decided),
-        "agreement_without_ties": sum(j == lab for j, lab in decided) / len(decided) if decided else None,
+        "agreement_without_ties": sum(v for v, _ in decided) / len(decided) if decided else None,
+        "agreement_without_ties_ci": cluster_bootstrap_ci(
+            [v for v, _ in decided], [g for _, g in decided], n=n, seed=seed
+        )
+        if decided
+        else None,
         "judge_ties": sum(j == "tie" for j, _ in pairs),
         "label_ties": sum(lab == "tie" for _, lab in pairs),
     }

@@ -4,6 +4,7 @@ judge audit, from a list of judgments however they were made (`grade`) or read (
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from huarizo.judge.stats import (
     alpaca_eval_length_controlled,
     bootstrap_ci,
     bradley_terry_ci,
+    cluster_bootstrap_ci,
     length_adjusted_win_rate,
     standard_error,
 )
@@ -154,23 +156,89 @@ def _side(winner: str, lab: Label) -> str:
     return "1" if winner == lab.model_1 else "2" if winner == lab.model_2 else "tie"
 
 
-def _label_agreement(js: Sequence[Judgment], labels: Sequence[Label]) -> dict[str, Any] | None:
+def _label_agreement(js: Sequence[Judgment], labels: Sequence[Label], opts: SummaryOptions) -> dict[str, Any] | None:
+    """Agreement of the judge with the labels (with and without ties, with intervals over questions), the labels'
+    own win rates next to the judge's on the same items, and the agreement between people labelling the same
+    comparison."""
     if not labels:
         return None
     pairs: list[tuple[str, str]] = []
+    groups: list[str] = []
+    matched: list[tuple[Judgment, Label]] = []
     if js and js[0].mode == "pairwise":
         by_key = {(j.question_id, frozenset((j.model_a, j.model_b))): j for j in js if j.turn == 0 and j.winner}
         for lab in labels:
             j = by_key.get((lab.question_id, frozenset((lab.model_1, lab.model_2))))
             if j is not None and j.winner is not None:
                 pairs.append((_side(j.winner, lab), _side(lab.winner, lab)))
+                groups.append(lab.question_id)
+                matched.append((j, lab))
     else:
         score = {(j.question_id, j.model): j.score for j in js if j.turn == 0 and j.score is not None}
         for lab in labels:
             s1, s2 = score.get((lab.question_id, lab.model_1)), score.get((lab.question_id, lab.model_2))
             if s1 is not None and s2 is not None:
                 pairs.append(("1" if s1 > s2 else "2" if s2 > s1 else "tie", _side(lab.winner, lab)))
-    return {"labels": len(labels), **agreement(pairs)}
+                groups.append(lab.question_id)
+    return {
+        "labels": len(labels),
+        "from_people": all(lab.voter is not None for lab in labels),
+        **agreement(pairs, groups, n=opts.bootstrap, seed=opts.seed),
+        "win_rates": _label_win_rates(matched, opts),
+        "between_people": _between_people(labels, opts),
+    }
+
+
+def _label_win_rates(matched: Sequence[tuple[Judgment, Label]], opts: SummaryOptions) -> list[dict[str, Any]]:
+    """For each compared pair (as the judge's comparisons have it: the graded model first), the labels' win rate
+    (ties half; an interval resampling questions, whose several votes stay together) and the judge's on the same
+    questions."""
+    by_pair: dict[tuple[str, str], list[tuple[Judgment, Label]]] = defaultdict(list)
+    for j, lab in matched:
+        by_pair[(j.model_a or "", j.model_b or "")].append((j, lab))
+    rows = []
+    for (a, b), items in sorted(by_pair.items()):
+        people = [1.0 if lab.winner == a else 0.0 if lab.winner == b else 0.5 for _, lab in items]
+        questions = [lab.question_id for _, lab in items]
+        judge = [outcome(j, a) for j in {id(j): j for j, _ in items}.values()]
+        rows.append(
+            {
+                "model": a,
+                "opponent": b,
+                "labels": len(people),
+                "questions": len(set(questions)),
+                "wins": sum(x == 1.0 for x in people),
+                "ties": sum(x == 0.5 for x in people),
+                "losses": sum(x == 0.0 for x in people),
+                "win_rate": float(np.mean(people)),
+                "standard_error": standard_error(people),
+                "win_rate_ci": cluster_bootstrap_ci(people, questions, n=opts.bootstrap, seed=opts.seed),
+                "judge_win_rate": float(np.mean(judge)),
+                "judge_standard_error": standard_error(judge),
+                "judge_win_rate_ci": bootstrap_ci(judge, n=opts.bootstrap, seed=opts.seed),
+            }
+        )
+    return rows
+
+
+def _between_people(labels: Sequence[Label], opts: SummaryOptions) -> dict[str, Any] | None:
+    """How often two people labelling the same comparison agree (every pair of their labels), as MT-bench reports
+    human-human agreement next to the judge's; None without two people on one comparison."""
+    same: dict[tuple[str, frozenset[str]], list[Label]] = defaultdict(list)
+    for lab in labels:
+        if lab.voter is not None:
+            same[(lab.question_id, frozenset((lab.model_1, lab.model_2)))].append(lab)
+    pairs: list[tuple[str, str]] = []
+    groups: list[str] = []
+    for (qid, _), labs in same.items():
+        for x, y in itertools.combinations(labs, 2):
+            if x.voter != y.voter:
+                pairs.append((_side(x.winner, x), _side(y.winner, x)))
+                groups.append(qid)
+    if not pairs:
+        return None
+    voters = len({lab.voter for lab in labels if lab.voter is not None})
+    return {"voters": voters, **agreement(pairs, groups, n=opts.bootstrap, seed=opts.seed)}
 
 
 def _no_verdict(js: Sequence[Judgment]) -> dict[str, Any]:
@@ -196,7 +264,7 @@ def summarize(js: Sequence[Judgment], opts: SummaryOptions, labels: Sequence[Lab
         "verdicts_read": _read_counts(js),
     }
     out.update(_pairwise(js, opts) if opts.mode == "pairwise" else _single(js, opts))
-    out["label_agreement"] = _label_agreement(js, labels)
+    out["label_agreement"] = _label_agreement(js, labels, opts)
     out["no_verdict"] = _no_verdict(js)
     return out
 

@@ -46,6 +46,7 @@ from huarizo.serve.engine import (
 )
 from huarizo.serve.model import ServedModel
 from huarizo.serve.tokens import TokenText
+from huarizo.serve.web import Web, mount_web
 
 log = logging.getLogger("uvicorn.error")  # the server's log: its level is `log_level`
 
@@ -202,8 +203,9 @@ class _Guard:
     """ASGI middleware: the bearer-key check (everything but /health and /metrics, /openapi.json included), request
     counts and latency (streams included)."""
 
-    def __init__(self, app: Any, api_keys: tuple[str, ...], metrics: _Metrics) -> None:
+    def __init__(self, app: Any, api_keys: tuple[str, ...], metrics: _Metrics, web: Web | None) -> None:
         self.app, self.keys, self.metrics = app, {f"Bearer {k}".encode() for k in api_keys}, metrics
+        self.web = web  # the pages check their own sessions, and let a logged-in page use the API
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -211,7 +213,12 @@ class _Guard:
             return
         path = scope["path"] if scope["path"] in _ENDPOINTS else "other"
         start, status = time.perf_counter(), [500]
-        if self.keys and scope["path"] not in _OPEN and dict(scope["headers"]).get(b"authorization") not in self.keys:
+        if (
+            self.keys
+            and scope["path"] not in _OPEN
+            and dict(scope["headers"]).get(b"authorization") not in self.keys
+            and not (self.web and self.web.admits(scope))
+        ):
             self.metrics.requests.labels(path, "401").inc()
             msg = "invalid or missing API key (send Authorization: Bearer KEY)"
             await APIError(401, msg, code="invalid_api_key").response()(scope, receive, send)
@@ -244,10 +251,13 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         workers.shutdown(wait=False, cancel_futures=True)
+        if web is not None:
+            web.close()
 
     app = FastAPI(title="huarizo serve", docs_url=None, redoc_url=None, lifespan=lifespan)
     metrics = _Metrics(served)
-    app.add_middleware(_Guard, api_keys=tuple(cfg.api_keys), metrics=metrics)
+    web = mount_web(app, served, cfg) if cfg.web else None  # the pages /ui and /arena (huarizo.serve.web)
+    app.add_middleware(_Guard, api_keys=tuple(cfg.api_keys), metrics=metrics, web=web)
     app.state.served, app.state.metrics = served, metrics
     tokens = TokenText(served.tokenizer)
 

@@ -22,6 +22,8 @@ SERVE_FLAGS = [
     "read_timeout",
     "backend",
     "log_level",
+    "web",
+    *(f"arena.{k}" for k in ("out", "questions", "answers", "models", "max_tokens", "temperature")),
 ]
 CHAT_FLAGS = [*_MODEL, "max_tokens", "temperature", "system"]
 

@@ -2,16 +2,68 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from huarizo.formats.config import HuarizoConfig
+from huarizo.formats.endpoint import EndpointConfig
 
 DEFAULT_TEMPLATE = "alpaca"
 """The template used for a model whose tokenizer has no chat template (e.g. the embedded base model)."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+SERVED = "served"
+"""An arena side named `served` is the model this server serves."""
+
+
+class ArenaConfig(HuarizoConfig):
+    """`/arena`: blind pairwise votes on two models' answers, from answer files or live (off unless `answers` or
+    `models` is set)."""
+
+    out: str | None = Field(
+        default=None,
+        description="folder of the arena: votes.jsonl (append-only), and for live answers questions and answers",
+    )
+    questions: str | None = Field(
+        default=None,
+        description="question file (Vicuna-80, MT-bench, AlpacaEval or Self-Instruct layout, as the judge reads)",
+    )
+    answers: list[str] = Field(
+        default_factory=list, description="from files: the two models' answer files (model first, baseline second)"
+    )
+    models: list[EndpointConfig] = Field(
+        default_factory=list,
+        description=f"live: the two models that answer (`{SERVED}`: this server's model; else a litellm endpoint)",
+    )
+    max_tokens: int = Field(default=512, ge=1, description="live: longest answer, in tokens")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="live: sampling temperature of the answers")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _endpoints(cls, v: Any) -> Any:
+        return [{"model": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the server has an arena."""
+        return bool(self.answers or self.models)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.answers and self.models:
+            raise ValueError("answers (from files) and models (live) exclude each other: set one of them")
+        if len(self.answers) > 2:
+            raise ValueError(f"answers: at most two answer files (got {len(self.answers)})")
+        if self.models and len(self.models) != 2:
+            raise ValueError(f"models: two models answer in the arena (got {len(self.models)})")
+        if self.answers and not self.questions:
+            raise ValueError("questions: the question file the answer files answer is needed")
+        if self.enabled and not self.out:
+            raise ValueError("out: the folder the votes are written to is needed")
+        return self
 
 
 class ServeConfig(HuarizoConfig):
@@ -46,6 +98,8 @@ class ServeConfig(HuarizoConfig):
     read_timeout: float = Field(
         30.0, gt=0, description="seconds a client has to send a request's headers, and then its body (else closed)"
     )
+    web: bool = Field(True, description="serve the web pages: /ui (chat) and /arena (blind votes)")
+    arena: ArenaConfig = Field(default_factory=ArenaConfig, description="the arena's sources and votes folder")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: Huarizo's batching engine; vllm: run vLLM's server")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "warning", description="uvicorn's log level"
@@ -58,6 +112,8 @@ class ServeConfig(HuarizoConfig):
                 f"max_sequences_per_request ({self.max_sequences_per_request}) is more than max_waiting_sequences "
                 f"({self.max_waiting_sequences}): such a request could never be queued"
             )
+        if self.arena.enabled and (self.backend == "vllm" or not self.web):
+            raise ValueError("arena: the arena is a page of the built-in server (backend: hf, web: true)")
         return self
 
 

@@ -157,7 +157,12 @@ class RunningServer(Server):
         self.served = served or ServedModel.load(cfg)
         self._sock = _bind(cfg.host, cfg.port)
         self.port = self._sock.getsockname()[1]
-        self._server = _uvicorn(self.served, cfg)
+        try:
+            self._server = _uvicorn(self.served, cfg)
+        except BaseException:  # e.g. an arena that cannot start: free the port and the engine
+            self._sock.close()
+            self.served.close()
+            raise
         self._thread = threading.Thread(target=self._run, name="huarizo-serve", daemon=True)
         self._error: BaseException | None = None
 
@@ -217,7 +222,12 @@ def serve(cfg: ServeConfig, *, announce: Callable[[str], None] = print) -> int:
     warn_if_exposed(cfg)
     served = ServedModel.load(cfg, announce=lambda line: print(line, file=sys.stderr, flush=True))
     sock = _bind(cfg.host, cfg.port)
-    server = _uvicorn(served, cfg)
+    try:
+        server = _uvicorn(served, cfg)
+    except BaseException:
+        sock.close()
+        served.close()
+        raise
     port = sock.getsockname()[1]
 
     async def main() -> None:
@@ -229,6 +239,9 @@ def serve(cfg: ServeConfig, *, announce: Callable[[str], None] = print) -> int:
                 f"serving {cfg.model} as {served.name!r} (template {served.template.name}) "
                 f"on http://{cfg.host}:{port}/v1"
             )
+            if cfg.web:
+                arena = f", votes in {cfg.arena.out}/votes.jsonl" if cfg.arena.enabled else ""
+                announce(f"pages: http://{cfg.host}:{port}/ui (chat), http://{cfg.host}:{port}/arena{arena}")
             sys.stdout.flush()
         await task
 
