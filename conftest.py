@@ -21,7 +21,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama with a tokenizer trained on the spot, written once per test session."""
-    from huarizo.formats.tiny import build_tiny_model
+    from huarizo.formats.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -32,3 +32,14 @@ def tiny_tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def vicuna(shared_data: Path):  # type: ignore[no-untyped-def]
+    """Paths of FastChat's legacy Vicuna-80 table in the real data: questions, answers and reviews by model name."""
+    root = shared_data / "fastchat" / "vicuna80_legacy"
+    return {
+        "questions": root / "question.jsonl",
+        "answer": lambda name: root / "answer" / f"answer_{name}.jsonl",
+        "review": lambda name: root / "review" / f"review_{name}_vicuna-13b.jsonl",
+    }

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from huarizo.formats import Conversation, Message, get_template, load, to_conversations, tokenize_conversations
 from huarizo.formats.bytelevel import ByteLevelEncoder
-from huarizo.formats.tiny import SPECIAL_TOKENS
+from huarizo.formats.models.tiny import SPECIAL_TOKENS
 
 # Pre-tokenizer regexes of the Llama 3 and Qwen 2 tokenizers (a Split before a regex-free ByteLevel).
 LLAMA3 = (

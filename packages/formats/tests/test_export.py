@@ -75,9 +75,9 @@ def test_exported_template_masks_like_huarizo(shared_data: Path, tiny_tokenizer:
 @pytest.fixture(scope="module")
 def merging_tokenizer() -> Any:
     """A tiny byte-level tokenizer that has learnt `:**` and `::` as tokens (as real vocabularies have)."""
-    from huarizo.formats.tiny import _CORPUS, train_tokenizer
+    from huarizo.formats.models.tiny import CORPUS, train_tokenizer
 
-    return train_tokenizer(_CORPUS.splitlines() * 4 + ["Response:**Yes**, it is. Response::) Sure."] * 40)
+    return train_tokenizer(CORPUS.splitlines() * 4 + ["Response:**Yes**, it is. Response::) Sure."] * 40)
 
 
 @pytest.mark.parametrize("name", REGISTRY)

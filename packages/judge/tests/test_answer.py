@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from huarizo.formats import load_answers, load_questions
 from huarizo.formats.testing import Reply, ScriptedServer
-from huarizo.judge import AnswerConfig, answer, load_answers, load_questions
+from huarizo.judge import AnswerConfig, answer
 
 
 def echo(req: dict[str, Any]) -> str:

@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from huarizo.formats import Question, load_questions
 from huarizo.formats.testing import ScriptedServer
-from huarizo.judge import AnswerConfig, GradeConfig, Question, answer, grade, load_questions
+from huarizo.judge import AnswerConfig, GradeConfig, answer, grade
 from huarizo.judge.prompts import PAIR_PREFIX, completion_prompt, pair_messages, verdict_only
 from huarizo.judge.testing import prefer_longer
 
@@ -78,7 +79,7 @@ def served(model: Path, name: str, log: Path) -> Iterator[str]:
 
 
 def test_two_served_tiny_models_answer_and_are_judged(tmp_path, vicuna, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
-    from huarizo.formats.tiny import build_tiny_model
+    from huarizo.formats.models import build_tiny_model
 
     other = build_tiny_model(tmp_path / "tiny-b", seed=1)
     files = {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from huarizo.judge import Question, parse_pair, parse_rating
+from huarizo.formats import Question
+from huarizo.judge import parse_pair, parse_rating
 from huarizo.judge.prompts import pair_messages, single_messages
 
 

@@ -45,7 +45,7 @@ def newline_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tokenizers import AddedToken
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from huarizo.formats.tiny import train_tokenizer
+    from huarizo.formats.models import train_tokenizer
 
     folder = tmp_path_factory.mktemp("newline-model")
     tokenizer = train_tokenizer()

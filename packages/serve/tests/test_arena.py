@@ -1,6 +1,6 @@
 """The arena over plain HTTP: votes from many threads at once, one vote per voter and item, nothing lost on a crash
-(`kill -9` of `huarizo serve`), live answers asked once and kept, the files read as huarizo-judge reads them, and the
-pages' defences (CSRF token, Origin, Host, escaping, headers)."""
+(`kill -9` of `huarizo serve`), live answers asked once and kept in the evaluation-set layouts the judge reads, and
+the pages' defences (CSRF token, Origin, Host, escaping, headers)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from huarizo.formats.errors import HuarizoError
+from huarizo.formats import HuarizoError, load_answers, load_questions
 from huarizo.formats.testing import ScriptedServer, prompt_text
 from huarizo.serve import ServeConfig, start_server
-from huarizo.serve.evalsets import read_answers, read_questions
 
 HUARIZO = [sys.executable, "-c", "from huarizo.formats.cli import main; raise SystemExit(main())"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "NO_COLOR": "1"}
@@ -190,10 +189,10 @@ def test_live_answers_are_asked_once_kept_and_readable_by_the_judge(
         with start_server(cfg) as server:  # a restart answers nothing again
             bob = kit.Voter(server.url, "bob")
             assert bob.next()["item"]["item"] == "1" and len(other.requests) == asked
-    answers = read_answers(str(out / "answers.jsonl"), read_questions(str(arena_files["questions"])))
+    answers = load_answers(out / "answers.jsonl", load_questions(arena_files["questions"]))
     assert set(answers) == {"tiny-test", "other"} and set(answers["other"]) == {"1", "2", "3", "4"}
     first = kit.questions[0]["turns"][0]
-    assert answers["other"]["1"] == (_judge_like({"messages": [{"role": "user", "content": first}]}),)
+    assert answers["other"]["1"].turns == [_judge_like({"messages": [{"role": "user", "content": first}]})]
 
 
 def test_live_prompts_written_by_voters(tiny_model_dir: Path, tmp_path: Path, kit) -> None:  # type: ignore[no-untyped-def]
@@ -219,9 +218,9 @@ def test_live_prompts_written_by_voters(tiny_model_dir: Path, tmp_path: Path, ki
             assert bob.vote(item["item"], "A").status_code == 404
             assert ana.vote(item["item"], "B").status_code == 200
             assert ana.next() == {"item": None, "voted": 1, "total": None, "free": True}
-    questions = read_questions(str(out / "questions.jsonl"))
-    assert [(q.question_id, q.turns) for q in questions] == [("1", ("Name a camelid.",))]
-    assert set(read_answers(str(out / "answers.jsonl"), questions)) == {"other", "tiny-test"}
+    questions = load_questions(out / "questions.jsonl")
+    assert [(q.question_id, q.turns) for q in questions.questions] == [("1", ["Name a camelid."])]
+    assert set(load_answers(out / "answers.jsonl", questions)) == {"other", "tiny-test"}
     (vote,) = kit.votes_in(out)
     assert vote["models"] == ["other", "tiny-test"] and vote["voter"] == "ana" and vote["item"] == "1"
 
@@ -268,34 +267,3 @@ def test_the_pages_can_be_turned_off(tiny_model_dir: Path) -> None:
     with start_server(cfg) as server:
         assert httpx.get(f"{server.url}/ui").status_code == 404
         assert httpx.get(f"{server.url}/v1/models").status_code == 200
-
-
-LAYOUTS = [
-    ("fastchat/vicuna80_legacy/question.jsonl", ["answer/answer_alpaca-13b.jsonl", "answer/answer_vicuna-13b.jsonl"]),
-    ("fastchat/mt_bench/question.jsonl", ["reference_answer/gpt-4.jsonl"]),
-    ("alpaca_eval/example_outputs_805.json", ["model_outputs/alpaca-7b.json", "model_outputs/text_davinci_003.json"]),
-    (
-        "self_instruct/human_eval/user_oriented_instructions.jsonl",
-        ["predictions/text-davinci-003_predictions.jsonl", "predictions/davinci_predictions.jsonl"],
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("questions", "answers"), LAYOUTS, ids=["vicuna80", "mt-bench", "alpaca-eval", "self-instruct"]
-)
-def test_files_are_read_as_the_judge_reads_them(shared_data: Path, questions: str, answers: list[str]) -> None:
-    judge = pytest.importorskip("huarizo.judge", reason="huarizo-judge is not installed (the full suite has it)")
-    path = shared_data / questions
-    mine = read_questions(str(path))
-    theirs = judge.load_questions(path).questions
-    assert [(q.question_id, list(q.turns), q.category) for q in mine] == [
-        (q.question_id, q.turns, q.category) for q in theirs
-    ]
-    for name in answers:
-        file = path.parent / name
-        got = read_answers(str(file), mine)
-        want = judge.load_answers(file, judge.load_questions(path))
-        assert {m: {q: list(t) for q, t in per.items()} for m, per in got.items()} == {
-            m: {q: a.turns for q, a in per.items()} for m, per in want.items()
-        }

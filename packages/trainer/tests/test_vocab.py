@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from huarizo.formats.cli import main
-from huarizo.formats.tiny import _CORPUS
+from huarizo.formats.models.tiny import CORPUS as TINY_CORPUS
 from huarizo.trainer.vocab import VOCAB_RECORD, extend_vocab, han_count, tokens_per_han
 
 from .conftest import RunTrain, read_metrics
@@ -86,7 +86,7 @@ def _untied_byte_fallback_model(folder: Path) -> Path:
     )
     specials = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)]]
     tok.train_from_iterator(
-        _CORPUS.splitlines() * 4, trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False)
+        TINY_CORPUS.splitlines() * 4, trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False)
     )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from huarizo.datagen.config import CleanConfig, DatagenConfig, FilterConfig, IdentityConfig
-from huarizo.formats.cli import add_config_options, config_from_args
+from huarizo.formats import add_config_options, config_from_args
 
 _RUN_FLAGS = [
     "pipeline",

@@ -23,8 +23,16 @@ from pydantic import Field
 
 from huarizo.datagen.config import FilterConfig
 from huarizo.datagen.rouge import NoveltyIndex
-from huarizo.formats import AlpacaRecord, JsonlAppender, RecordError, StageResult, write_records
-from huarizo.formats.io import RawRecord, iter_raw, parse_record
+from huarizo.formats import (
+    AlpacaRecord,
+    JsonlAppender,
+    RawRecord,
+    RecordError,
+    StageResult,
+    iter_raw,
+    parse_record,
+    write_records,
+)
 
 
 def _instruction_reasons(df: pl.DataFrame, cfg: FilterConfig) -> pl.Expr:

@@ -24,8 +24,15 @@ from typing import Any
 from pydantic import Field
 
 from huarizo.datagen.config import CleanConfig
-from huarizo.formats import HuarizoError, JsonlAppender, ShareGPTConversation, StageResult, write_records
-from huarizo.formats.io import RawRecord, iter_raw
+from huarizo.formats import (
+    HuarizoError,
+    JsonlAppender,
+    RawRecord,
+    ShareGPTConversation,
+    StageResult,
+    iter_raw,
+    write_records,
+)
 
 ROLES = {
     "human": "human",

@@ -1,14 +1,45 @@
-"""huarizo-formats: the typed schemas, IO, conversion, templates, masking and config base every package shares."""
+"""huarizo-formats: the formats every package shares, and the `huarizo` command's root.
 
-from huarizo.formats.config import ConfigError, HuarizoConfig
+This module is formats' public surface; sibling packages import nothing else from it but its three sub-packages:
+
+- the formats proper: record schemas (`schemas`), reading and writing them (`io`), conversion (`convert`),
+  evaluation sets (`evalsets`: questions and answers in the Vicuna-80, MT-bench, AlpacaEval and Self-Instruct
+  layouts), prompt templates (`templates`), tokenization with verified loss masks (`masking`);
+- the base every command builds on: configs (`config`), options generated from them (`cli`), user-facing errors
+  (`errors`), the endpoint config for models reached over HTTP (`endpoint`), what a stage returns (`results`);
+- behind extras: `huarizo.formats.llm` (the litellm client), `huarizo.formats.models` (model references and
+  loading, the tiny test model) and `huarizo.formats.testing` (test stand-ins).
+"""
+
+from huarizo.formats.cli import add_config_options, add_set_option, config_from_args, main
+from huarizo.formats.config import ConfigError, HuarizoConfig, apply_overrides, cache_dir, config_classes
 from huarizo.formats.convert import content_id, convert, from_conversation, to_conversations
 from huarizo.formats.endpoint import EndpointConfig
 from huarizo.formats.errors import ConversionError, HuarizoError, RecordError
-from huarizo.formats.io import JsonlAppender, load, read_records, write_records
+from huarizo.formats.evalsets import (
+    Answer,
+    Question,
+    QuestionSet,
+    load_answer_files,
+    load_answers,
+    load_questions,
+    load_references,
+    text_key,
+)
+from huarizo.formats.io import (
+    JsonlAppender,
+    RawRecord,
+    iter_raw,
+    load,
+    parse_record,
+    read_records,
+    write_records,
+)
 from huarizo.formats.masking import (
     IGNORE_INDEX,
     MaskError,
     TokenizedSample,
+    char_limit,
     tokenize_conversation,
     tokenize_conversations,
 )
@@ -24,13 +55,25 @@ from huarizo.formats.schemas import (
     ShareGPTConversation,
     ShareGPTTurn,
 )
-from huarizo.formats.templates import ChatTemplate, Segment, Template, TemplateError, get_template, list_templates
+from huarizo.formats.templates import (
+    ChatTemplate,
+    Segment,
+    Template,
+    TemplateError,
+    chat_messages,
+    chat_template_for,
+    end_of_turn_ids,
+    get_template,
+    list_templates,
+    template_for_tokenizer,
+)
 
 __version__ = "0.1.0"
 __all__ = [
     "FORMATS",
     "IGNORE_INDEX",
     "AlpacaRecord",
+    "Answer",
     "ChatTemplate",
     "ConfigError",
     "Conversation",
@@ -43,6 +86,9 @@ __all__ = [
     "Message",
     "OpenAIConversation",
     "OpenAIMessage",
+    "Question",
+    "QuestionSet",
+    "RawRecord",
     "RecordError",
     "SeedTask",
     "Segment",
@@ -52,13 +98,32 @@ __all__ = [
     "Template",
     "TemplateError",
     "TokenizedSample",
+    "add_config_options",
+    "add_set_option",
+    "apply_overrides",
+    "cache_dir",
+    "char_limit",
+    "chat_messages",
+    "chat_template_for",
+    "config_classes",
+    "config_from_args",
     "content_id",
     "convert",
+    "end_of_turn_ids",
     "from_conversation",
     "get_template",
+    "iter_raw",
     "list_templates",
     "load",
+    "load_answer_files",
+    "load_answers",
+    "load_questions",
+    "load_references",
+    "main",
+    "parse_record",
     "read_records",
+    "template_for_tokenizer",
+    "text_key",
     "to_conversations",
     "tokenize_conversation",
     "tokenize_conversations",

@@ -20,6 +20,11 @@ from huarizo.formats.errors import HuarizoError
 CONFIG_ENTRY_POINTS = "huarizo.configs"
 
 
+def cache_dir() -> Path:
+    """Huarizo's cache folder (converted models, cached model replies): `$HUARIZO_CACHE`, else `~/.cache/huarizo`."""
+    return Path(os.environ.get("HUARIZO_CACHE") or Path.home() / ".cache" / "huarizo")
+
+
 class ConfigError(HuarizoError, ValueError):
     """A config that cannot be loaded: names the key and the file (or `--set`)."""
 

@@ -4,7 +4,6 @@ standard errors and confidence intervals."""
 
 from huarizo.judge.answer import answer, ended_by_itself, ending_counts
 from huarizo.judge.config import AnswerConfig, GradeConfig, ScoreConfig
-from huarizo.judge.data import Answer, Question, QuestionSet, load_answers, load_questions, load_references
 from huarizo.judge.grade import grade
 from huarizo.judge.harness import HarnessConfig, harness, write_choice_task
 from huarizo.judge.judgments import Judgment
@@ -17,7 +16,6 @@ from huarizo.judge.score import READERS, Reader, score
 __version__ = "0.1.0"
 __all__ = [
     "READERS",
-    "Answer",
     "AnswerConfig",
     "AnswerResult",
     "GradeConfig",
@@ -26,8 +24,6 @@ __all__ = [
     "JudgeIncomplete",
     "Judgment",
     "Label",
-    "Question",
-    "QuestionSet",
     "Reader",
     "ScoreConfig",
     "answer",
@@ -35,10 +31,7 @@ __all__ = [
     "ending_counts",
     "grade",
     "harness",
-    "load_answers",
     "load_labels",
-    "load_questions",
-    "load_references",
     "metric_path",
     "parse_pair",
     "parse_rating",

@@ -19,11 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats.io import JsonlAppender, write_records
+from huarizo.formats import JsonlAppender, Question, load_questions, write_records
+from huarizo.formats import cache_dir as huarizo_cache
 from huarizo.formats.llm import LLMClient, LLMError
-from huarizo.formats.models import cache_dir as huarizo_cache
 from huarizo.judge.config import AnswerConfig
-from huarizo.judge.data import Question, load_questions
 from huarizo.judge.results import AnswerResult, JudgeIncomplete
 
 
@@ -37,7 +36,7 @@ async def _answer_one(cfg: AnswerConfig, client: LLMClient, q: Question, model_i
 
     template = None
     if cfg.template:
-        from huarizo.formats.templates import get_template
+        from huarizo.formats import get_template
 
         template = get_template(cfg.template)
     turns: list[str] = []

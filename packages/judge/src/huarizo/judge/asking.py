@@ -19,7 +19,7 @@ from huarizo.judge import verdicts as v
 from huarizo.judge.prompts import PAIR_PREFIX, RATING_PREFIX, completion_prompt, parse_pair, parse_rating, verdict_only
 
 if TYPE_CHECKING:
-    from huarizo.formats.templates import Template
+    from huarizo.formats import Template
     from huarizo.judge.config import GradeConfig
 
 VERDICT_TOKENS = 4

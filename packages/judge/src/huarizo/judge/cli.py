@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from huarizo.formats.cli import add_config_options, config_from_args
+from huarizo.formats import add_config_options, config_from_args
 
 _ENDPOINT = ["model", "api_base", "api_key_env", "concurrency", "request_timeout", "max_retries", "cache_dir"]
 _ANSWER = ["questions", "out", "model_id", "max_tokens", "temperature", "system", "template", "limit"]

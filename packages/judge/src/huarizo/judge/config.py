@@ -12,8 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from huarizo.formats.config import HuarizoConfig
-from huarizo.formats.endpoint import EndpointConfig
+from huarizo.formats import EndpointConfig, HuarizoConfig
 
 VerdictMode = Literal["text", "logprobs", "auto"]
 

@@ -18,11 +18,19 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from huarizo.formats.errors import HuarizoError
+from huarizo.formats import (
+    Answer,
+    HuarizoError,
+    Question,
+    QuestionSet,
+    load_answer_files,
+    load_answers,
+    load_questions,
+    load_references,
+)
 from huarizo.judge.answer import default_cache
 from huarizo.judge.asking import PAIR, RATING, Asker
 from huarizo.judge.config import GradeConfig
-from huarizo.judge.data import Answer, Question, QuestionSet, load_answers, load_questions, load_references
 from huarizo.judge.judgments import Judgment, settle
 from huarizo.judge.prompts import pair_messages, single_messages
 from huarizo.judge.report import write_run
@@ -90,10 +98,7 @@ def _pairs(models: list[str], baseline: str | None) -> list[tuple[str, str]]:
 
 def load_all_answers(cfg: GradeConfig, qs: QuestionSet) -> tuple[dict[str, dict[str, Answer]], str | None]:
     """Every model's answers from the answer files (and the baseline file); returns (answers, baseline model)."""
-    answers: dict[str, dict[str, Answer]] = {}
-    for path in cfg.answers:
-        for model, per in load_answers(path, qs).items():
-            answers.setdefault(model, {}).update(per)
+    answers = load_answer_files(cfg.answers, qs)
     baseline = None
     if cfg.baseline:
         base = load_answers(cfg.baseline, qs)
@@ -159,7 +164,7 @@ def grade(cfg: GradeConfig, *, progress: bool = True) -> GradeResult:
     qs.questions = qs.questions[: cfg.limit]
     template = None
     if cfg.template:
-        from huarizo.formats.templates import get_template
+        from huarizo.formats import get_template
 
         template = get_template(cfg.template)
     client = cfg.judge.client("completion" if template else "chat", cache_dir=default_cache())

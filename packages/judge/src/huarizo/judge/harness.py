@@ -15,9 +15,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from huarizo.formats.config import HuarizoConfig
-from huarizo.formats.errors import HuarizoError
-from huarizo.formats.io import write_records
+from huarizo.formats import HuarizoConfig, HuarizoError, write_records
 
 
 class HarnessConfig(HuarizoConfig):

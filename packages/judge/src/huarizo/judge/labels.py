@@ -17,9 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from huarizo.formats.errors import HuarizoError, RecordError
-from huarizo.formats.io import iter_raw
-from huarizo.judge.data import Answer, QuestionSet, text_key
+from huarizo.formats import Answer, HuarizoError, QuestionSet, RecordError, iter_raw, text_key
 from huarizo.judge.votes import is_vote, read_vote
 
 _SCORES = re.compile(r"^\s*(\d+(?:\.\d+)?)[\s,/]+(\d+(?:\.\d+)?)")

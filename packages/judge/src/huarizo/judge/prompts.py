@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from huarizo.judge.data import Question
+from huarizo.formats import Question
 
 if TYPE_CHECKING:
-    from huarizo.formats.templates import Template
+    from huarizo.formats import Template
 
 REFERENCE_CATEGORIES = frozenset({"math", "reasoning", "coding"})
 """Categories graded against the reference answer when the question has one."""
@@ -134,7 +134,7 @@ def verdict_only(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def completion_prompt(messages: list[dict[str, str]], template: Template, prefix: str = "") -> str:
     """A chat request as one plain prompt in a Huarizo template (completion mode), ending with `prefix`."""
-    from huarizo.formats.schemas import Conversation, Message
+    from huarizo.formats import Conversation, Message
 
     conv = Conversation(messages=[Message(role=m["role"], content=m["content"]) for m in messages])  # type: ignore[arg-type]
     prompt = template.generation_prompt(conv)

@@ -11,8 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats.config import HuarizoConfig
-from huarizo.formats.io import write_records
+from huarizo.formats import HuarizoConfig, write_records
 from huarizo.judge.judgments import Judgment
 
 LENGTH_NOTE = (

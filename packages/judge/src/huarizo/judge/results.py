@@ -8,9 +8,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from huarizo.formats.errors import HuarizoError
+from huarizo.formats import HuarizoError, StageResult
 from huarizo.formats.llm import Usage
-from huarizo.formats.results import StageResult
 from huarizo.judge.judgments import Judgment
 from huarizo.judge.report import plural
 

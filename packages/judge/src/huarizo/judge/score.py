@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats.errors import HuarizoError, RecordError
-from huarizo.formats.io import RawRecord, iter_raw
+from huarizo.formats import HuarizoError, RawRecord, RecordError, iter_raw, load_questions, text_key
 from huarizo.judge.config import ScoreConfig
-from huarizo.judge.data import load_questions, text_key
 from huarizo.judge.judgments import Judgment, flip, settle
 from huarizo.judge.labels import load_labels
 from huarizo.judge.report import write_run

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from huarizo.formats.errors import HuarizoError
+from huarizo.formats import HuarizoError
 from huarizo.judge.judgments import Judgment, outcome
 from huarizo.judge.stats import (
     agreement,

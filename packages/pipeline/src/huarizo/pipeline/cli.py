@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from huarizo.formats.cli import add_config_options, config_from_args
+from huarizo.formats import add_config_options, config_from_args
 
 EPILOG = """\
 examples:

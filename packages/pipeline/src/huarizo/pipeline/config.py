@@ -23,8 +23,7 @@ from pydantic import Field, ValidationError, model_validator
 from huarizo.datagen.filters import FilterConfig
 from huarizo.datagen.generate import DatagenConfig
 from huarizo.datagen.sharegpt import CleanConfig
-from huarizo.formats import ConfigError, HuarizoConfig
-from huarizo.formats.config import apply_overrides
+from huarizo.formats import ConfigError, HuarizoConfig, apply_overrides
 from huarizo.judge.answer import AnswerConfig
 from huarizo.judge.grade import GradeConfig
 from huarizo.serve.config import ServeConfig

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from huarizo.judge.data import Question, load_answers, load_questions
+from huarizo.formats import Question, load_answers, load_questions
 from huarizo.judge.stats import bootstrap_ci
 
 

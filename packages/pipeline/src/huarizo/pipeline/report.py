@@ -395,7 +395,7 @@ def _answers_side_by_side(
 ) -> tuple[list[str], list[list[str]]]:
     if "answer" not in results or recipe.questions is None or not recipe.report.examples:
         return [], []
-    from huarizo.judge.data import load_answers, load_questions
+    from huarizo.formats import load_answers, load_questions
 
     qs = load_questions(str(recipe.questions))
     files = results["answer"]["result"]["outputs"]

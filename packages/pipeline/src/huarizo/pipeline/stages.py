@@ -450,7 +450,7 @@ def _answer(recipe: RecipeConfig) -> Stage:
         )
 
     def total() -> int:
-        from huarizo.judge.data import load_questions
+        from huarizo.formats import load_questions
 
         n = len(load_questions(str(recipe.questions)).questions)
         return sum(min(n, cfg.limit or n) for cfg in entries.values())

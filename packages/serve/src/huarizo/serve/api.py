@@ -30,8 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from huarizo.formats.errors import HuarizoError
-from huarizo.formats.schemas import Conversation, Message
+from huarizo.formats import Conversation, HuarizoError, Message
 from huarizo.serve.config import ServeConfig
 from huarizo.serve.engine import (
     Delta,

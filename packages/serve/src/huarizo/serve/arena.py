@@ -39,12 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats.endpoint import EndpointConfig
-from huarizo.formats.errors import HuarizoError
-from huarizo.formats.schemas import Conversation, Message
+from huarizo.formats import (
+    Conversation,
+    EndpointConfig,
+    HuarizoError,
+    Message,
+    QuestionSet,
+    load_answer_files,
+    load_questions,
+)
 from huarizo.serve.config import SERVED, ArenaConfig
 from huarizo.serve.engine import EngineError
-from huarizo.serve.evalsets import Question, read_answers, read_questions
 from huarizo.serve.model import ServedModel
 
 log = logging.getLogger("huarizo.serve")
@@ -213,15 +218,15 @@ class Arena:
         self.live = bool(cfg.models)
         self.items: dict[str, Item] = {}
         self.sides: list[_Side] = []
-        if cfg.questions:
-            self.items = {
-                q.question_id: Item(q.question_id, q.turns, q.category) for q in read_questions(cfg.questions)
-            }
+        questions = load_questions(cfg.questions) if cfg.questions else None
+        if questions is not None:
+            self.items = {q.question_id: Item(q.question_id, tuple(q.turns), q.category) for q in questions.questions}
         if self.live:
             self.sides = [_Side(e, served, cfg, self.out / "cache") for e in cfg.models]
             self.models = (self.sides[0].name, self.sides[1].name)
         else:
-            self.models = self._read_answer_files(list(self.items.values()))
+            assert questions is not None  # the config requires questions for answer files
+            self.models = self._read_answer_files(questions)
         if self.models[0] == self.models[1]:
             raise ArenaError(f"arena: both models are called {self.models[0]!r}: give them different names")
         self.fixed = bool(cfg.questions)  # a fixed list of items (progress n of N); else voters write prompts
@@ -244,19 +249,15 @@ class Arena:
         self._logs.append(DurableLog(self.out / name))
         return self._logs[-1]
 
-    def _read_answer_files(self, questions: list[Item]) -> tuple[str, str]:
-        qs = [Question(q.item_id, q.turns, q.category) for q in questions]
-        answers: dict[str, dict[str, tuple[str, ...]]] = {}
-        for path in self.cfg.answers:
-            for model, per in read_answers(path, qs).items():
-                answers.setdefault(model, {}).update(per)
+    def _read_answer_files(self, questions: QuestionSet) -> tuple[str, str]:
+        answers = load_answer_files(self.cfg.answers, questions)
         if len(answers) != 2:
             found = ", ".join(sorted(answers)) or "none"
             raise ArenaError(f"arena: the answer files must hold two models' answers (found: {found})")
         models = (*answers,)
         for item in list(self.items.values()):
             if all(item.item_id in answers[m] for m in models):
-                item.answers = {m: answers[m][item.item_id] for m in models}
+                item.answers = {m: tuple(answers[m][item.item_id].turns) for m in models}
             else:
                 del self.items[item.item_id]
         if not self.items:

@@ -12,10 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from huarizo.formats.convert import from_conversation
-from huarizo.formats.errors import HuarizoError
-from huarizo.formats.io import write_records
-from huarizo.formats.schemas import Conversation, Message
+from huarizo.formats import Conversation, HuarizoError, Message, from_conversation, write_records
 from huarizo.serve.engine import Delta
 from huarizo.serve.model import ServedModel
 

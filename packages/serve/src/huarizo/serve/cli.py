@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from huarizo.formats.cli import add_config_options, config_from_args
+from huarizo.formats import add_config_options, config_from_args
 from huarizo.serve.config import ChatConfig, ServeConfig
 
 _MODEL = ["model", "template", "device", "dtype", "max_model_len"]

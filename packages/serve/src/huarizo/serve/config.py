@@ -6,8 +6,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from huarizo.formats.config import HuarizoConfig
-from huarizo.formats.endpoint import EndpointConfig
+from huarizo.formats import EndpointConfig, HuarizoConfig
 
 DEFAULT_TEMPLATE = "alpaca"
 """The template used for a model whose tokenizer has no chat template (e.g. the embedded base model)."""

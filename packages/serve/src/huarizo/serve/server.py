@@ -19,7 +19,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from huarizo.formats.errors import HuarizoError
+from huarizo.formats import HuarizoError
 from huarizo.serve.config import ServeConfig
 from huarizo.serve.model import ServedModel, default_model_name
 

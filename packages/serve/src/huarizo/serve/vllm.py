@@ -50,8 +50,8 @@ def vllm_launch(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
         raise ServeError("--backend vllm needs vLLM on a GPU machine: pip install 'huarizo-serve[vllm]'")
     if len(cfg.api_keys) > 1:
         raise ServeError("--backend vllm takes one API key (vLLM checks a single key)")
-    from huarizo.formats.models import cache_dir, load_tokenizer
-    from huarizo.formats.templates import chat_template_for
+    from huarizo.formats import cache_dir, chat_template_for
+    from huarizo.formats.models import load_tokenizer
     from huarizo.serve.model import default_model_name, served_fingerprint, served_template
 
     tokenizer = load_tokenizer(cfg.model)

@@ -2,7 +2,7 @@
 
 import sys
 
-from huarizo.formats.cli import main
+from huarizo.formats import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

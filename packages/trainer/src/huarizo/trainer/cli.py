@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from huarizo.formats.cli import add_set_option
+from huarizo.formats import add_set_option
 
 RUN_HELP = """\
 actions:

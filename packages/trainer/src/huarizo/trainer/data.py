@@ -14,8 +14,14 @@ from typing import Any
 
 import torch
 
-from huarizo.formats import IGNORE_INDEX, HuarizoError, read_records, to_conversations, tokenize_conversations
-from huarizo.formats.templates import get_template
+from huarizo.formats import (
+    IGNORE_INDEX,
+    HuarizoError,
+    get_template,
+    read_records,
+    to_conversations,
+    tokenize_conversations,
+)
 from huarizo.trainer.config import BatchingConfig, DataConfig
 
 

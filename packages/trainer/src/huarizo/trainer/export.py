@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from huarizo.formats import HuarizoError
+from huarizo.formats import ChatTemplate, HuarizoError, Template, get_template, template_for_tokenizer
 from huarizo.formats.models import resolve_model
-from huarizo.formats.templates import ChatTemplate, Template, get_template, template_for_tokenizer
 
 QUANT_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 """Tensor types `export_gguf` writes (the block-quantized ones are those the `gguf` package can quantize)."""

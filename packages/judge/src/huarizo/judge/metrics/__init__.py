@@ -18,7 +18,7 @@ METRICS = ("rouge_l", "exact_match", "judge_win_rate")
 def metric_path(name: str) -> str:
     """The folder of a shipped metric, for `evaluate.load`."""
     if name not in METRICS:
-        from huarizo.formats.errors import HuarizoError
+        from huarizo.formats import HuarizoError
 
         raise HuarizoError(f"unknown metric {name!r}; shipped: {', '.join(METRICS)}")
     return str(Path(__file__).parent / name)

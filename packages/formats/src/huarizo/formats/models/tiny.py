@@ -1,4 +1,4 @@
-"""Tiny models for tests and smoke runs: a byte-level BPE tokenizer trained on the spot and a random Llama.
+"""The tiny model for tests and smoke runs: a byte-level BPE tokenizer trained on the spot and a random Llama.
 
 Nothing is downloaded. `build_tiny_model(folder)` writes a Hugging Face folder that `from_pretrained` loads.
 """
@@ -9,9 +9,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+# The tiny tokenizer's special tokens, and the text it is trained on (tests that train their own tokenizer reuse it).
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
-_CORPUS = """\
+CORPUS = """\
 Below is an instruction that describes a task. Write a response that appropriately completes the request.
 Below is an instruction that describes a task, paired with an input that provides further context.
 ### Instruction: ### Input: ### Response: USER: ASSISTANT: system user assistant [INST] [/INST] <<SYS>> <</SYS>>
@@ -34,7 +35,7 @@ def train_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 512) -
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = list(texts) if texts is not None else _CORPUS.splitlines() * 4
+    corpus = list(texts) if texts is not None else CORPUS.splitlines() * 4
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from huarizo.formats.errors import RecordError
-from huarizo.judge import load_answers, load_questions, load_references
+from huarizo.formats import RecordError, load_answers, load_questions, load_references
 
 
 def test_vicuna_legacy_questions_and_answers(vicuna) -> None:  # type: ignore[no-untyped-def]

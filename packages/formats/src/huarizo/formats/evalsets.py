@@ -1,4 +1,5 @@
-"""Question and answer files in the layouts people already have, read into two internal types.
+"""Evaluation sets: question and answer files in the layouts people already have, read into two types (`Question`,
+`Answer`) that the judge grades and the arena shows.
 
 - legacy Vicuna-80 (FastChat `eval/table`): questions `question_id, text, category`; answers
   `question_id, text, model_id[, answer_id]`.
@@ -285,6 +286,43 @@ def _answer_key(rec: Any, layout: str) -> tuple[str | None, str | None]:
     return None, text_key(text)
 
 
+def _answer_turns(raw: RawRecord, rec: Any, layout: str, path: str | os.PathLike[str]) -> tuple[list[str], str]:
+    """(turns, model id) of an answer record; layouts without a model id are named after the file."""
+    if layout == "mt-bench":
+        return list(rec.choices[0].turns), rec.model_id
+    if layout == "vicuna-legacy":
+        return [rec.text], rec.model_id
+    if layout == "alpaca-eval":
+        if rec.output is None:
+            raise RecordError(raw.file, raw.where, "output", "missing required field")
+        return [rec.output], rec.generator or Path(path).stem
+    return [rec.response.strip()], Path(path).stem.removesuffix("_predictions")
+
+
+class _Matcher:
+    """Finds the question of an answer record: by id, or by text for layouts without ids."""
+
+    def __init__(self, path: str | os.PathLike[str], layout: str, questions: QuestionSet | None) -> None:
+        self.path, self.layout, self.questions = path, layout, questions
+        self.ids = set(questions.by_id()) if questions else None
+        self.by_text = {q.text_key: q.question_id for q in questions.questions} if questions else {}
+
+    def question_id(self, raw: RawRecord, rec: Any) -> str:
+        qid, key = _answer_key(rec, self.layout)
+        where = self.questions.path if self.questions else ""
+        if qid is not None:
+            if self.ids is not None and qid not in self.ids:
+                raise RecordError(raw.file, raw.where, "question_id", f"{qid!r} is not in {where}")
+            return qid
+        if self.questions is None:
+            what = f"{self.layout} answers carry no question id"
+            raise HuarizoError(f"{self.path}: {what}; pass the questions to match them")
+        found = self.by_text.get(key or "")
+        if found is None:
+            raise RecordError(raw.file, raw.where, "instruction", f"matches no question of {where}")
+        return found
+
+
 def load_answers(
     path: str | os.PathLike[str], questions: QuestionSet | None = None, model_id: str | None = None
 ) -> dict[str, dict[str, Answer]]:
@@ -294,30 +332,23 @@ def load_answers(
     the line. `model_id` overrides the file's own model name (e.g. for AlpacaEval's `generator: example`).
     """
     layout = _layout_of(path, detect_answer_layout, ANSWER_LAYOUTS, "answer")
-    by_id = questions.by_id() if questions else None
-    by_text = {q.text_key: q.question_id for q in questions.questions} if questions else {}
+    matcher = _Matcher(path, layout, questions)
     out: dict[str, dict[str, Answer]] = {}
     for raw in _raw(path):
         rec = _validate(raw, ANSWER_LAYOUTS[layout])
-        qid, key = _answer_key(rec, layout)
-        if qid is None:
-            if questions is None:
-                raise HuarizoError(f"{path}: {layout} answers carry no question id; pass the questions to match them")
-            qid = by_text.get(key or "")
-            if qid is None:
-                raise RecordError(raw.file, raw.where, "instruction", f"matches no question of {questions.path}")
-        elif by_id is not None and qid not in by_id:
-            raise RecordError(raw.file, raw.where, "question_id", f"{qid!r} is not in {questions.path}")  # type: ignore[union-attr]
-        if layout == "mt-bench":
-            turns, model = list(rec.choices[0].turns), rec.model_id
-        elif layout == "vicuna-legacy":
-            turns, model = [rec.text], rec.model_id
-        elif layout == "alpaca-eval":
-            if rec.output is None:
-                raise RecordError(raw.file, raw.where, "output", "missing required field")
-            turns, model = [rec.output], rec.generator or Path(path).stem
-        else:
-            turns, model = [rec.response.strip()], Path(path).stem.removesuffix("_predictions")
+        qid = matcher.question_id(raw, rec)
+        turns, model = _answer_turns(raw, rec, layout, path)
         model = model_id or model
         out.setdefault(model, {})[qid] = Answer(qid, model, turns, getattr(rec, "answer_id", None))
     return out
+
+
+def load_answer_files(
+    paths: Iterable[str | os.PathLike[str]], questions: QuestionSet | None = None
+) -> dict[str, dict[str, Answer]]:
+    """Several answer files merged: model id -> question id -> answer (a later file's answer replaces an earlier)."""
+    merged: dict[str, dict[str, Answer]] = {}
+    for path in paths:
+        for model, per in load_answers(path, questions).items():
+            merged.setdefault(model, {}).update(per)
+    return merged

@@ -1,4 +1,4 @@
-"""A litellm client shared by datagen and judge (extra `huarizo-formats[llm]`).
+"""The litellm client shared by datagen and judge (extra `huarizo-formats[llm]`).
 
 Any litellm model string works: hosted APIs, a vLLM or Ollama server, or `huarizo serve` (`openai/<name>` with
 `api_base`). Requests run concurrently under a bound; 429, 5xx, timeouts and connection errors are retried with
@@ -29,10 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from huarizo.formats.errors import HuarizoError
-
-# litellm fetches its cost map from the network at import unless told otherwise.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 Mode = Literal["chat", "completion"]
 
@@ -176,9 +172,19 @@ def _completion_logprobs(lp: Any) -> tuple[TokenLogprob, ...] | None:
     )
 
 
-def _retryable(exc: BaseException) -> bool:
+def import_litellm() -> Any:
+    """litellm, imported offline: its cost map read from the package, not fetched from the network (which litellm
+    does at import unless told otherwise). The environment variables that say so are set here, right before the
+    first import, and only where the user has not set them."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
     import litellm
 
+    return litellm
+
+
+def _retryable(exc: BaseException) -> bool:
+    litellm = import_litellm()
     retry = (
         litellm.exceptions.RateLimitError,
         litellm.exceptions.Timeout,
@@ -229,8 +235,7 @@ class LLMClient:
 
     def _priced(self) -> bool:
         """Whether litellm's local cost table knows the model (asking it about unknown models is slow)."""
-        import litellm
-
+        litellm = import_litellm()
         name = self.model.split("/", 1)[-1]
         return self.model in litellm.model_cost or name in litellm.model_cost
 
@@ -343,8 +348,7 @@ class LLMClient:
                 await asyncio.sleep(delay)
 
     async def _send(self, payload: dict[str, Any], h: str) -> LLMResponse:
-        import litellm
-
+        litellm = import_litellm()
         litellm.suppress_debug_info = True
         litellm.disable_aiohttp_transport = True  # its aiohttp sessions leak (warnings at exit); httpx does not
         kwargs: dict[str, Any] = {"model": self.model, "timeout": self.timeout, "num_retries": 0, **payload}
@@ -383,8 +387,7 @@ class LLMClient:
 
     async def aclose(self) -> None:
         """Close litellm's pooled HTTP sessions of the running event loop (call before the loop ends)."""
-        import litellm
-
+        litellm = import_litellm()
         with contextlib.suppress(Exception):
             await litellm.close_litellm_async_clients()
 
