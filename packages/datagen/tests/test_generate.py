@@ -23,7 +23,7 @@ from huarizo.datagen.generate import load_seeds
 from huarizo.datagen.scripted import scripted_teacher
 from huarizo.formats import HuarizoError, StageResult
 from huarizo.formats.cli import main
-from huarizo.formats.testing import Reply, ScriptedServer, prompt_text
+from huarizo.formats.testing import PromptCounter, Reply, ScriptedServer, prompt_text
 
 
 def _cfg(server: ScriptedServer, out: Path, *overrides: str) -> DatagenConfig:
@@ -96,16 +96,11 @@ def test_self_instruct_bootstraps_from_6_human_and_2_machine_instructions(
 
 
 def test_faults_are_retried_and_garbage_is_rejected(tmp_path: Path) -> None:
-    attempts: Counter[str] = Counter()
-    order: dict[str, int] = {}
-    lock = threading.Lock()
+    counter = PromptCounter()
 
     def script(req: dict[str, Any]) -> str | Reply:
-        p = prompt_text(req)
-        with lock:
-            k = attempts[p]
-            attempts[p] += 1
-            kind = order.setdefault(p, len(order)) % 6
+        k, order = counter(req)
+        kind = order % 6
         if k == 0 and kind == 0:
             return Reply(status=429)
         if k == 0 and kind == 1:

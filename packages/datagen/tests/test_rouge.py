@@ -6,17 +6,12 @@ import random
 import re
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from rouge_score import rouge_scorer, tokenize
 
 from huarizo.datagen.rouge import (
     CJKTokenizer,
     DefaultTokenizer,
     NoveltyIndex,
-    lcs_length,
     novelty_filter,
-    rouge_l_f1,
     rouge_score_filter,
 )
 
@@ -35,25 +30,6 @@ def _vary(text: str, rng: random.Random) -> str:
     else:
         words = [rng.choice(["Now", "Please", "Can you"]), *words]
     return " ".join(words)
-
-
-@given(st.lists(st.integers(0, 5), max_size=40), st.lists(st.integers(0, 5), max_size=40))
-@settings(max_examples=300, deadline=None)
-def test_bit_parallel_lcs_equals_dynamic_programming(a: list[int], b: list[int]) -> None:
-    expected = rouge_scorer._lcs_table(a, b)[-1][-1] if a and b else 0
-    assert lcs_length(a, b) == expected
-
-
-@given(st.text(max_size=80))
-@settings(max_examples=300, deadline=None)
-def test_default_tokenizer_is_rouge_scores(text: str) -> None:
-    assert DefaultTokenizer().tokenize(text) == tokenize.tokenize(text, None)
-
-
-def test_f1_formula_is_rouge_scores() -> None:
-    a, b = ["write", "a", "poem", "about", "the", "sea"], ["write", "a", "short", "poem", "about", "a", "sea"]
-    ref = rouge_scorer._score_lcs(a, b).fmeasure
-    assert rouge_l_f1(lcs_length(a, b), len(a), len(b)) == ref
 
 
 def test_exact_on_real_instructions_with_near_duplicates(instructions: list[str]) -> None:

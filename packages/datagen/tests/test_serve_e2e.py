@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from huarizo.datagen import DatagenConfig, DatagenResult, run
-from huarizo.formats.cli import main
+from huarizo.formats import main
+from huarizo.formats.testing import huarizo_serve
 
 
 def _serve_available() -> None:
@@ -24,46 +18,6 @@ def _serve_available() -> None:
         import huarizo.serve  # noqa: F401
     except ImportError:
         pytest.skip("huarizo-serve is not installed: the end-to-end test needs `huarizo serve` as the teacher")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _served(model: str, timeout: float) -> Iterator[str]:
-    port = _free_port()
-    cmd = [
-        str(Path(sys.executable).parent / "huarizo"),
-        "serve",
-        "--model",
-        model,
-        "--port",
-        str(port),
-        "--model-name",
-        "teacher",
-    ]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"huarizo serve exited: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("huarizo serve did not come up")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _generate(url: str, out: Path, mode: str, max_tokens: int, tasks: int, requests: int = 2) -> DatagenResult:
@@ -97,10 +51,10 @@ def _generate(url: str, out: Path, mode: str, max_tokens: int, tasks: int, reque
 
 
 @pytest.fixture(scope="module")
-def tiny_teacher(tiny_model_dir: Path) -> Iterator[str]:
+def tiny_teacher(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`huarizo serve` running the tiny model; its OpenAI base URL."""
     _serve_available()
-    with _served(str(tiny_model_dir), timeout=180) as url:
+    with huarizo_serve(tiny_model_dir, tmp_path_factory.mktemp("serve") / "serve.log", name="teacher") as url:
         yield url
 
 
@@ -114,7 +68,7 @@ def test_generate_from_huarizo_serve_with_the_embedded_model(tmp_path: Path) -> 
     """The embedded Gemma 3 270M is a base model: few-shot completion prompts that it continues for two tasks at a
     time (stopped at the third's heading), as the quickstart uses it."""
     _serve_available()
-    with _served("embedded", timeout=600) as url:
+    with huarizo_serve("embedded", tmp_path / "serve.log", name="teacher", timeout=600) as url:
         result = _generate(url, tmp_path / "run", "completion", max_tokens=512, tasks=2, requests=8)
     recs = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
     print(f"\nembedded teacher: {result.kept} of {result.generated} kept, rejected {result.reasons}; first: {recs[:2]}")

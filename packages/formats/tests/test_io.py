@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,16 @@ import pytest
 from huarizo.formats import (
     AlpacaRecord,
     HuarizoError,
+    JsonlAppender,
     RecordError,
     ShareGPTConversation,
+    atomic_file,
+    atomic_folder,
     load,
     read_records,
+    write_json_atomic,
     write_records,
 )
-from huarizo.formats.io import JsonlAppender
 
 REAL = {
     "stanford_alpaca/seed_tasks.jsonl": ("seed-tasks", 175),
@@ -125,6 +129,22 @@ def test_write_is_atomic(tmp_path: Path) -> None:
         write_records(path, broken())
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.jsonl"]
+
+
+def test_atomic_folder_and_json_leave_the_old_content_on_a_crash(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    with atomic_folder(target) as tmp:
+        write_json_atomic(tmp / "config.json", {"layers": 2, "path": tmp_path})
+    assert json.loads((target / "config.json").read_text()) == {"layers": 2, "path": str(tmp_path)}
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "config.json").write_text("{half")
+        raise RuntimeError("killed while saving")
+    assert json.loads((target / "config.json").read_text())["layers"] == 2
+    with pytest.raises(RuntimeError), atomic_file(target / "config.json") as fh:
+        fh.write("{half")
+        raise RuntimeError("killed while writing")
+    assert json.loads((target / "config.json").read_text())["layers"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and os.listdir(target) == ["config.json"]
 
 
 def test_appender_drops_a_torn_last_line(tmp_path: Path) -> None:

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from huarizo.formats.llm import LLMClient, LLMError, request_hash
-from huarizo.formats.testing import Reply, ScriptedServer, prompt_text
+from huarizo.formats.llm import (
+    LLMClient,
+    LLMError,
+    ServerStartError,
+    free_port,
+    request_hash,
+    stop_process,
+    wait_until_ready,
+)
+from huarizo.formats.testing import PromptCounter, Reply, ScriptedServer, prompt_text
 
 
 def _client(server: ScriptedServer, tmp_path: Path | None = None, **kw: Any) -> LLMClient:
@@ -20,19 +30,16 @@ def _client(server: ScriptedServer, tmp_path: Path | None = None, **kw: Any) -> 
     return LLMClient("openai/teacher", cache_dir=tmp_path, **opts)
 
 
-def _faulty(faults: list[Reply]) -> tuple[Any, Counter[str]]:
-    """A script whose first replies to each prompt are the given faults, then 'ok: <prompt>'."""
-    seen: Counter[str] = Counter()
-    lock = threading.Lock()
+def _faulty(faults: list[Reply]) -> tuple[Any, dict[str, int]]:
+    """A script whose first replies to each prompt are the given faults, then 'ok: <prompt>'; and the attempts per
+    prompt."""
+    counter = PromptCounter()
 
     def script(req: dict[str, Any]) -> str | Reply:
-        p = prompt_text(req)
-        with lock:
-            k = seen[p]
-            seen[p] += 1
-        return faults[k] if k < len(faults) else f"ok: {p}"
+        k, _ = counter(req)
+        return faults[k] if k < len(faults) else f"ok: {prompt_text(req)}"
 
-    return script, seen
+    return script, counter.attempts
 
 
 @pytest.mark.parametrize("fault", [Reply(status=429), Reply(status=500), Reply(status=503)], ids=["429", "500", "503"])
@@ -258,3 +265,37 @@ def test_stop_reason_tells_a_stop_string_from_the_end_of_turn(mode: str, tmp_pat
         assert [r.ended_by_itself for r in (header, eos, token)] == [False, True, True]
         again = client.complete("q", max_tokens=1)
     assert again.cached and again.stop_reason == "### Response:" and not again.ended_by_itself
+
+
+def test_importing_the_client_sets_no_environment_variable_until_litellm_is_used() -> None:
+    code = (
+        "import os, sys; import huarizo.formats.llm as llm; "
+        "print(sorted(k for k in os.environ if k.startswith('LITELLM_')), 'litellm' in sys.modules); "
+        "llm.import_litellm(); print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'], 'litellm' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines() == ["[] False", "True True"]
+
+
+def test_a_server_process_that_dies_or_never_answers_is_one_error_naming_it(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("loading\nValueError: no such model\n")
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(
+        ServerStartError, match=r"^vLLM exited while starting \(code 3\): ValueError: no such model; log: "
+    ):
+        wait_until_ready(proc, f"http://127.0.0.1:{free_port()}", timeout=60, what="vLLM", log=log)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with pytest.raises(ServerStartError, match=r"^the server was not ready within 1 s$"):
+        wait_until_ready(proc, lambda: None, timeout=1)
+    assert proc.poll() is not None  # stopped, not left behind
+
+
+def test_a_served_process_is_waited_for_and_stopped(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path)
+    (tmp_path / "health").write_text("ok")
+    assert wait_until_ready(proc, f"http://127.0.0.1:{port}", timeout=60) == f"http://127.0.0.1:{port}"
+    stop_process(proc)
+    assert proc.returncode is not None

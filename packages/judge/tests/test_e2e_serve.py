@@ -6,21 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from huarizo.formats import Question, load_questions
-from huarizo.formats.testing import ScriptedServer
+from huarizo.formats.testing import ScriptedServer, huarizo_serve
 from huarizo.judge import AnswerConfig, GradeConfig, answer, grade
 from huarizo.judge.prompts import PAIR_PREFIX, completion_prompt, pair_messages, verdict_only
 from huarizo.judge.testing import prefer_longer
@@ -31,51 +23,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def served(model: Path, name: str, log: Path) -> Iterator[str]:
-    """`huarizo serve` in a subprocess; yields its OpenAI base URL once it answers."""
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-c",
-        "from huarizo.formats.cli import main; raise SystemExit(main())",
-        "serve",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-        "--model-name",
-        name,
-        "--template",
-        "alpaca",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # wait until the server answers (or died)
-            if proc.poll() is not None:
-                pytest.fail(f"huarizo serve exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"huarizo serve did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def served(model: Path, name: str, log: Path) -> Any:
+    """`huarizo serve` with the alpaca template in a subprocess; yields its OpenAI base URL once it answers."""
+    return huarizo_serve(model, log, name=name, args=["--template", "alpaca"])
 
 
 def test_two_served_tiny_models_answer_and_are_judged(tmp_path, vicuna, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from huarizo.formats.cli import main
 from huarizo.formats.errors import HuarizoError
 from huarizo.formats.testing import ScriptedServer
 from huarizo.judge import GradeConfig, ScoreConfig, grade, load_labels, score
-from huarizo.judge.stats import agreement, cluster_bootstrap_ci
+from huarizo.judge.stats import agreement, bootstrap_ci
 from huarizo.judge.testing import prefer_longer
 
 TUNED, BASE = "tuned", "base"
@@ -190,5 +190,5 @@ def test_agreement_intervals_resample_questions_together() -> None:
     assert always["agreement_with_ties_ci"] == [1.0, 1.0]
     # one question holds all the disagreements: resampling questions, the interval is wide
     pairs = [("1", "2")] * 4 + [("1", "1")] * 4
-    lo, hi = cluster_bootstrap_ci([float(j == lab) for j, lab in pairs], ["q1"] * 4 + ["q2", "q3", "q4", "q5"], n=500)
+    lo, hi = bootstrap_ci([float(j == lab) for j, lab in pairs], ["q1"] * 4 + ["q2", "q3", "q4", "q5"], n=500)
     assert lo < 0.3 and hi == 1.0

@@ -32,7 +32,16 @@ from pydantic import BaseModel, Field
 from huarizo.datagen import prompts as P
 from huarizo.datagen.config import DatagenConfig
 from huarizo.datagen.filters import RecordFilter
-from huarizo.formats import AlpacaRecord, HuarizoError, JsonlAppender, SeedTask, StageResult, load, write_records
+from huarizo.formats import (
+    AlpacaRecord,
+    HuarizoError,
+    JsonlAppender,
+    SeedTask,
+    StageResult,
+    load,
+    write_json_atomic,
+    write_records,
+)
 from huarizo.formats.llm import LLMClient, LLMError, LLMResponse, request_hash
 
 # Keys that may change between a run and its resumption (they do not change which records come out).
@@ -370,7 +379,7 @@ def run(cfg: DatagenConfig, *, on_progress: ProgressCallback | None = None) -> D
     if len(kept_rows) >= cfg.num_records or next_round >= cfg.max_rounds:  # finished: no teacher needed
         return _summary(out_dir, done, [], time.monotonic() - start)
     client = cfg.teacher.client(cfg.teacher.mode, cache_dir=str(out_dir / "cache"))
-    _write_json(fp_path, fingerprint)
+    write_json_atomic(fp_path, fingerprint)
     (out_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     journal = JsonlAppender(out_dir / "rounds.jsonl")
 
@@ -486,12 +495,6 @@ def _failure_message(cfg: DatagenConfig, failed: list[FailedRequest], requested:
         f"round {f.round}: {what} for good ({which}; first error: {error}); the round "
         "was not committed and nothing is lost: rerun the same command to retry them (replies so far are cached)"
     )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _usage_snapshot(client: LLMClient) -> dict[str, Any]:

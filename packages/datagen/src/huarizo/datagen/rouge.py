@@ -9,85 +9,43 @@ the pool. Done naively that is one dynamic-programming LCS per pair. Here the sa
    a candidate with every pool row in one `numpy.bincount`.
 2. `LCS <= overlap`, and F1 = 2 LCS / (n + m), so rows whose bound cannot pass the threshold are skipped.
 3. The rows left get an exact LCS by the bit-parallel algorithm (Hyyrö 2004) on Python integers, and the F1 is
-   computed with `rouge_score`'s own float formula, so every decision is the one `rouge_score` makes.
+   computed with `rouge_score`'s own float formula (both from `huarizo.formats`' ROUGE-L, which the judge's metric
+   uses too), so every decision is the one `rouge_score` makes.
 
-`CJKTokenizer` splits Chinese, Japanese and Korean text into characters (rouge_score's tokenizer drops every
-non-ASCII character, so such instructions would never match anything) and keeps other scripts' words.
+The tokenizer is `default` (`rouge_score`'s) or `cjk` (Chinese, Japanese and Korean text split into characters).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
 
 import numpy as np
 
-TokenizerName = Literal["default", "cjk"]
-_EPS = 1e-9
-
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
-_CJK = re.compile(
-    "([\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
-    "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f])"
+from huarizo.formats import (
+    CJKTokenizer,
+    DefaultTokenizer,
+    RougeTokenizer,
+    RougeTokenizerName,
+    lcs_length,
+    lcs_masks,
+    lcs_with_masks,
+    rouge_l_f1,
+    rouge_tokenizer,
 )
-_WORD = re.compile(r"[^\W_]+")
 
+__all__ = [
+    "CJKTokenizer",
+    "DefaultTokenizer",
+    "Match",
+    "NoveltyIndex",
+    "lcs_length",
+    "novelty_filter",
+    "rouge_l_f1",
+    "rouge_score_filter",
+]
 
-class Tokenizer(Protocol):
-    """Anything with `tokenize(text) -> list[str]` (the interface `rouge_score` takes as `tokenizer=`)."""
-
-    def tokenize(self, text: str) -> list[str]: ...
-
-
-class DefaultTokenizer:
-    """`rouge_score`'s default tokenizer without stemming: lowercase, ASCII letters and digits only."""
-
-    def tokenize(self, text: str) -> list[str]:
-        """Tokens of `text`."""
-        return _NON_ALNUM.sub(" ", text.lower()).split()
-
-
-class CJKTokenizer:
-    """Lowercase; every CJK character (Han, kana, hangul) is a token; runs of other letters and digits are words."""
-
-    def tokenize(self, text: str) -> list[str]:
-        """Tokens of `text`."""
-        return _WORD.findall(_CJK.sub(r" \1 ", text.lower()))
-
-
-def get_tokenizer(name: TokenizerName | str) -> Tokenizer:
-    """`default` (rouge_score's) or `cjk`."""
-    if name == "default":
-        return DefaultTokenizer()
-    if name == "cjk":
-        return CJKTokenizer()
-    raise ValueError(f"unknown ROUGE tokenizer {name!r}; choose 'default' or 'cjk'")
-
-
-def rouge_l_f1(lcs: int, n: int, m: int) -> float:
-    """F1 of an LCS length, computed exactly as `rouge_score` does (precision, recall, then their harmonic mean)."""
-    if n == 0 or m == 0:
-        return 0.0
-    precision, recall = lcs / m, lcs / n
-    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-
-
-def lcs_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common subsequence of two token sequences (bit-parallel)."""
-    masks: dict[int, int] = {}
-    for i, tok in enumerate(a):
-        masks[tok] = masks.get(tok, 0) | (1 << i)
-    return _lcs_masks(masks, len(a), b)
-
-
-def _lcs_masks(masks: dict[int, int], n: int, b: Iterable[int]) -> int:
-    v = (1 << n) - 1
-    for tok in b:
-        u = v & masks.get(tok, 0)
-        v = (v + u) | (v - u)
-    return n - (v & ((1 << n) - 1)).bit_count()
+_EPS = 1e-9
 
 
 class _Growable:
@@ -127,9 +85,9 @@ class NoveltyIndex:
     False
     """
 
-    def __init__(self, threshold: float = 0.7, tokenizer: TokenizerName | Tokenizer = "default") -> None:
+    def __init__(self, threshold: float = 0.7, tokenizer: RougeTokenizerName | RougeTokenizer = "default") -> None:
         self.threshold = threshold
-        self.tokenizer = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self.tokenizer = rouge_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         self.texts: list[str] = []
         self._tokens: list[list[int]] = []
         self._vocab: dict[str, int] = {}
@@ -188,13 +146,11 @@ class NoveltyIndex:
         if len(rows) == 0:
             return None
         rows = rows[np.argsort(-(overlap[rows] / (n + lens[rows])), kind="stable")]
-        masks: dict[int, int] = {}
-        for i, tok in enumerate(ids):
-            masks[tok] = masks.get(tok, 0) | (1 << i)
+        masks = lcs_masks(ids)
         for row in rows.tolist():
             other = self._tokens[row]
             self.pairs_scored += 1
-            score = rouge_l_f1(_lcs_masks(masks, n, other), n, len(other))
+            score = rouge_l_f1(lcs_with_masks(masks, n, other), n, len(other))
             if score > self.threshold:
                 return Match(score, row, self.texts[row])
         return None
@@ -212,7 +168,7 @@ def novelty_filter(
     pool: Iterable[str] = (),
     *,
     threshold: float = 0.7,
-    tokenizer: TokenizerName | Tokenizer = "default",
+    tokenizer: RougeTokenizerName | RougeTokenizer = "default",
 ) -> list[Match | None]:
     """Decide each candidate in input order against `pool` and the earlier kept candidates; None means kept."""
     index = NoveltyIndex(threshold, tokenizer)
@@ -226,7 +182,7 @@ def rouge_score_filter(
     pool: Iterable[str] = (),
     *,
     threshold: float = 0.7,
-    tokenizer: TokenizerName | Tokenizer = "default",
+    tokenizer: RougeTokenizerName | RougeTokenizer = "default",
 ) -> list[bool]:
     """The original sequential filter through `rouge_score` itself (slow; the reference the fast one must equal).
 
@@ -237,7 +193,7 @@ def rouge_score_filter(
     if tokenizer == "default":  # rouge_score's own tokenizer, not ours
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     else:
-        custom = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        custom = rouge_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=custom)
     tok = scorer._tokenizer
     kept_tokens = [tok.tokenize(t) for t in pool]

@@ -4,7 +4,8 @@ This module is formats' public surface; sibling packages import nothing else fro
 
 - the formats proper: record schemas (`schemas`), reading and writing them (`io`), conversion (`convert`),
   evaluation sets (`evalsets`: questions and answers in the Vicuna-80, MT-bench, AlpacaEval and Self-Instruct
-  layouts), prompt templates (`templates`), tokenization with verified loss masks (`masking`);
+  layouts), prompt templates (`templates`), tokenization with verified loss masks (`masking`), and exact
+  ROUGE-L (`rouge`);
 - the base every command builds on: configs (`config`), options generated from them (`cli`), user-facing errors
   (`errors`), the endpoint config for models reached over HTTP (`endpoint`), what a stage returns (`results`);
 - behind extras: `huarizo.formats.llm` (the litellm client), `huarizo.formats.models` (model references and
@@ -29,11 +30,15 @@ from huarizo.formats.evalsets import (
 from huarizo.formats.io import (
     JsonlAppender,
     RawRecord,
+    atomic_file,
+    atomic_folder,
     iter_raw,
     load,
     parse_record,
     read_records,
+    write_json_atomic,
     write_records,
+    write_text_atomic,
 )
 from huarizo.formats.masking import (
     IGNORE_INDEX,
@@ -44,6 +49,18 @@ from huarizo.formats.masking import (
     tokenize_conversations,
 )
 from huarizo.formats.results import StageResult
+from huarizo.formats.rouge import (
+    CJKTokenizer,
+    DefaultTokenizer,
+    RougeTokenizer,
+    RougeTokenizerName,
+    lcs_length,
+    lcs_masks,
+    lcs_with_masks,
+    rouge_l,
+    rouge_l_f1,
+    rouge_tokenizer,
+)
 from huarizo.formats.schemas import (
     FORMATS,
     AlpacaRecord,
@@ -74,10 +91,12 @@ __all__ = [
     "IGNORE_INDEX",
     "AlpacaRecord",
     "Answer",
+    "CJKTokenizer",
     "ChatTemplate",
     "ConfigError",
     "Conversation",
     "ConversionError",
+    "DefaultTokenizer",
     "EndpointConfig",
     "HuarizoConfig",
     "HuarizoError",
@@ -90,6 +109,8 @@ __all__ = [
     "QuestionSet",
     "RawRecord",
     "RecordError",
+    "RougeTokenizer",
+    "RougeTokenizerName",
     "SeedTask",
     "Segment",
     "ShareGPTConversation",
@@ -101,6 +122,8 @@ __all__ = [
     "add_config_options",
     "add_set_option",
     "apply_overrides",
+    "atomic_file",
+    "atomic_folder",
     "cache_dir",
     "char_limit",
     "chat_messages",
@@ -113,6 +136,9 @@ __all__ = [
     "from_conversation",
     "get_template",
     "iter_raw",
+    "lcs_length",
+    "lcs_masks",
+    "lcs_with_masks",
     "list_templates",
     "load",
     "load_answer_files",
@@ -122,10 +148,15 @@ __all__ = [
     "main",
     "parse_record",
     "read_records",
+    "rouge_l",
+    "rouge_l_f1",
+    "rouge_tokenizer",
     "template_for_tokenizer",
     "text_key",
     "to_conversations",
     "tokenize_conversation",
     "tokenize_conversations",
+    "write_json_atomic",
     "write_records",
+    "write_text_atomic",
 ]

@@ -3,15 +3,18 @@
 Reading streams JSONL line by line; errors name the file, the line (JSONL) or record index (JSON, Parquet) and the
 field. Every way a file can fail to read (a folder, no permission, bytes that are not UTF-8, JSON nested deeper than
 the parser's stack, no records at all) is a `HuarizoError` naming the file, the line (and for bytes, the byte offset)
-and the cause. Writing is atomic (temporary file + rename); `JsonlAppender` appends resumably for long-running jobs.
+and the cause. Writing is atomic (temporary file + rename: `atomic_file`, `write_text_atomic`, `write_json_atomic`, and
+`atomic_folder` for a whole folder such as a model); `JsonlAppender` appends resumably for long-running jobs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -269,6 +272,53 @@ def dumps_line(record: Any) -> str:
     return json.dumps(_jsonable(record), ensure_ascii=False) + "\n"
 
 
+@contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path` for writing (text in UTF-8, or bytes with `mode="wb"`); when the block
+    ends it replaces `path` in one rename, so a reader (or a crash) never sees half a file. On an error the temporary
+    file is removed and `path` is left as it was. The folder is created when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` to `path` atomically (see `atomic_file`); returns the path."""
+    with atomic_file(path) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write `data` as indented JSON (UTF-8, a final newline; values JSON does not know are written as strings)
+    atomically; returns the path."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder beside `target` to fill (a model, a checkpoint); when the block ends it replaces `target`
+    (an existing folder is removed first), so a crash never leaves half a folder under the final name. On an error
+    the temporary folder is removed and `target` is left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_records(path: str | os.PathLike[str], records: Iterable[Any]) -> int:
     """Write records atomically (temporary file, then rename), in the format the extension names. Returns the count."""
     path = Path(path)
@@ -277,28 +327,18 @@ def write_records(path: str | os.PathLike[str], records: Iterable[Any]) -> int:
         raise HuarizoError(f"{path}: is a folder; give the name of the file to write")
     rows = [_jsonable(r) for r in records]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise HuarizoError(f"{path}: cannot write it ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with atomic_file(path, "wb" if kind == "parquet" else "w") as fh:
             if kind == "jsonl":
                 fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             elif kind == "json":
                 json.dump(rows, fh, ensure_ascii=False, indent=2)
                 fh.write("\n")
-        if kind == "parquet":
-            import polars as pl
+            else:
+                import polars as pl
 
-            pl.DataFrame(rows).write_parquet(tmp)
-        os.replace(tmp, path)
+                pl.DataFrame(rows).write_parquet(fh)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise HuarizoError(f"{path}: cannot write it ({exc.strerror or exc})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return len(rows)
 
 

@@ -10,6 +10,7 @@ from huarizo.judge.judgments import Judgment
 from huarizo.judge.labels import Label, load_labels
 from huarizo.judge.metrics import metric_path
 from huarizo.judge.prompts import parse_pair, parse_rating
+from huarizo.judge.reference import reference_metrics, turn_endings
 from huarizo.judge.results import AnswerResult, GradeResult, JudgeIncomplete
 from huarizo.judge.score import READERS, Reader, score
 
@@ -35,6 +36,8 @@ __all__ = [
     "metric_path",
     "parse_pair",
     "parse_rating",
+    "reference_metrics",
     "score",
+    "turn_endings",
     "write_choice_task",
 ]

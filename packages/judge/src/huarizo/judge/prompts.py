@@ -148,7 +148,10 @@ _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 
 
 def parse_pair(reply: str) -> str | None:
-    """`A`, `B` or `C` (tie) from a reply, or None when there is no verdict or the reply gives conflicting ones."""
+    """`A`, `B` or `C` (tie) from a reply (its `[[X]]` verdict, or the reply itself when it is the bare letter), or
+    None when there is no verdict or the reply gives conflicting ones."""
+    if reply.strip() in ("A", "B", "C"):
+        return reply.strip()
     found = set(_PAIR.findall(reply))
     return found.pop() if len(found) == 1 else None
 

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats import HuarizoConfig, write_records
+from huarizo.formats import HuarizoConfig, write_records, write_text_atomic
 from huarizo.judge.judgments import Judgment
 
 LENGTH_NOTE = (
@@ -27,16 +27,10 @@ def write_run(
     """Write the run folder (atomically, file by file); returns it."""
     out.mkdir(parents=True, exist_ok=True)
     write_records(out / "judgments.jsonl", [asdict(j) for j in judgments])
-    _atomic(out / "config.yaml", cfg.to_yaml())
-    _atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "config.yaml", cfg.to_yaml())
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_report(out, summary, plots=plots)
     return out
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def plural(n: int, what: str) -> str:
@@ -95,7 +89,7 @@ def write_report(out: Path, s: dict[str, Any], *, plots: bool = True) -> Path:
 
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in make_plots(out, s)]
     path = out / "report.md"
-    _atomic(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -17,15 +17,46 @@ def standard_error(values: Sequence[float]) -> float | None:
     return float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else None
 
 
-def bootstrap_ci(values: Sequence[float], *, n: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval of the mean of `values` ([nan, nan] when empty)."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
+def bootstrap_ci(
+    values: Sequence[float],
+    groups: Sequence[str] | None = None,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[float]:
+    """Percentile bootstrap interval of the mean of `values` ([nan, nan] when empty). With `groups` (one key per
+    value), whole groups are resampled: the votes or labels of one question stay together, as they are not
+    independent."""
+    if len(values) == 0:
         return [math.nan, math.nan]
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n, x.size))].mean(axis=1)
+    if groups is None:  # each value its own group, in order
+        sums, counts = np.asarray(values, dtype=float), np.ones(len(values))
+    else:
+        index = {k: i for i, k in enumerate(sorted(set(groups)))}
+        sums, counts = np.zeros(len(index)), np.zeros(len(index))
+        for v, g in zip(values, groups, strict=True):
+            sums[index[g]] += v
+            counts[index[g]] += 1
+    pick = np.random.default_rng(seed).integers(0, len(sums), size=(n, len(sums)))
+    means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def mean_estimate(
+    values: Sequence[float], *, bootstrap: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """`{mean, ci, standard_error, n}` of per-question values (the interval: a percentile bootstrap; the standard
+    error of one value: 0)."""
+    if len(values) == 0:
+        return {"mean": None, "ci": None, "standard_error": None, "n": 0}
+    return {
+        "mean": float(np.mean(values)),
+        "ci": bootstrap_ci(values, n=bootstrap, seed=seed, level=level),
+        "standard_error": standard_error(values) or 0.0,
+        "n": len(values),
+    }
 
 
 def _logistic_fit(x: np.ndarray, y: np.ndarray, ridge: np.ndarray, iters: int = 50) -> np.ndarray:
@@ -124,25 +155,6 @@ def bradley_terry_ci(
     return out
 
 
-def cluster_bootstrap_ci(
-    values: Sequence[float], groups: Sequence[str], *, n: int = 1000, seed: int = 0, level: float = 0.95
-) -> list[float]:
-    """Percentile bootstrap interval of the mean of `values`, resampling whole groups (the votes or labels of one
-    question stay together: they are not independent); [nan, nan] when empty."""
-    if not values:
-        return [math.nan, math.nan]
-    keys = sorted(set(groups))
-    index = {k: i for i, k in enumerate(keys)}
-    sums, counts = np.zeros(len(keys)), np.zeros(len(keys))
-    for v, g in zip(values, groups, strict=True):
-        sums[index[g]] += v
-        counts[index[g]] += 1
-    pick = np.random.default_rng(seed).integers(0, len(keys), size=(n, len(keys)))
-    means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
-    tail = (1 - level) / 2 * 100
-    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
-
-
 def agreement(
     pairs: Sequence[tuple[str, str]], groups: Sequence[str] | None = None, *, n: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
@@ -154,12 +166,10 @@ def agreement(
     return {
         "n": len(pairs),
         "agreement_with_ties": sum(same) / len(same) if same else None,
-        "agreement_with_ties_ci": cluster_bootstrap_ci(same, keys, n=n, seed=seed) if same else None,
+        "agreement_with_ties_ci": bootstrap_ci(same, keys, n=n, seed=seed) if same else None,
         "n_decided": len(decided),
         "agreement_without_ties": sum(v for v, _ in decided) / len(decided) if decided else None,
-        "agreement_without_ties_ci": cluster_bootstrap_ci(
-            [v for v, _ in decided], [g for _, g in decided], n=n, seed=seed
-        )
+        "agreement_without_ties_ci": bootstrap_ci([v for v, _ in decided], [g for _, g in decided], n=n, seed=seed)
         if decided
         else None,
         "judge_ties": sum(j == "tie" for j, _ in pairs),

@@ -20,7 +20,6 @@ from huarizo.judge.stats import (
     alpaca_eval_length_controlled,
     bootstrap_ci,
     bradley_terry_ci,
-    cluster_bootstrap_ci,
     length_adjusted_win_rate,
     standard_error,
 )
@@ -212,7 +211,7 @@ def _label_win_rates(matched: Sequence[tuple[Judgment, Label]], opts: SummaryOpt
                 "losses": sum(x == 0.0 for x in people),
                 "win_rate": float(np.mean(people)),
                 "standard_error": standard_error(people),
-                "win_rate_ci": cluster_bootstrap_ci(people, questions, n=opts.bootstrap, seed=opts.seed),
+                "win_rate_ci": bootstrap_ci(people, questions, n=opts.bootstrap, seed=opts.seed),
                 "judge_win_rate": float(np.mean(judge)),
                 "judge_standard_error": standard_error(judge),
                 "judge_win_rate_ci": bootstrap_ci(judge, n=opts.bootstrap, seed=opts.seed),

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from huarizo.formats import write_json_atomic, write_text_atomic
 from huarizo.pipeline.config import SERVED, RecipeConfig
-from huarizo.pipeline.manifest import write_json, write_text
 
 SMOKE_MODELS = ("embedded", "tiny")
 """Judges whose verdicts carry no weight: the embedded 270M base model and the tiny random test model."""
@@ -573,9 +573,9 @@ def write_report(
     )
 
     summary["report"] = {"markdown": str(run / "report.md"), "html": str(run / "report.html"), "plots": plots}
-    write_json(run / "summary.json", summary)
-    write_text(run / "report.md", doc.markdown(run))
-    write_text(run / "report.html", doc.html(title))
+    write_json_atomic(run / "summary.json", summary)
+    write_text_atomic(run / "report.md", doc.markdown(run))
+    write_text_atomic(run / "report.html", doc.html(title))
     return summary
 
 

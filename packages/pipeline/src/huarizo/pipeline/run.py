@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats import HuarizoError
+from huarizo.formats import HuarizoError, write_json_atomic, write_text_atomic
 from huarizo.pipeline.config import BASE, TUNED, RecipeConfig
 from huarizo.pipeline.display import Display
 from huarizo.pipeline.manifest import (
@@ -33,8 +33,6 @@ from huarizo.pipeline.manifest import (
     manifest_hash,
     read_json,
     up_to_date,
-    write_json,
-    write_text,
 )
 from huarizo.pipeline.servers import ServerPool
 from huarizo.pipeline.stages import Stage, plan
@@ -178,7 +176,7 @@ def _prepare(folder: Path, key: str) -> bool:
             shutil.rmtree(child)
         else:
             child.unlink()
-    write_json(folder / PENDING, {"key": key, "started_at": _now()})
+    write_json_atomic(folder / PENDING, {"key": key, "started_at": _now()})
     return False
 
 
@@ -219,7 +217,7 @@ def run_recipe(
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             fd = stack.enter_context(_locked(run_dir))
-            write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+            write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
         except OSError as exc:
             raise HuarizoError(f"run folder {run_dir}: {exc.strerror or exc}") from None
         served = {n: cfg.model_copy(update={"model": served_model(recipe, n)}) for n, cfg in recipe.serve.items()}
@@ -276,7 +274,7 @@ def _one_stage(recipe: RecipeConfig, stage: Stage, ctx: _Context, *, selected: b
             return "skipped"
         _check_endpoints(stage)
         resumed = _prepare(folder, key)
-        write_text(folder / "stage.yaml", _yaml(parts["config"]))
+        write_text_atomic(folder / "stage.yaml", _yaml(parts["config"]))
         t0 = time.monotonic()
         result = stage.run(ctx)
         seconds = result.seconds or time.monotonic() - t0
@@ -291,7 +289,7 @@ def _one_stage(recipe: RecipeConfig, stage: Stage, ctx: _Context, *, selected: b
             "finished_at": _now(),
             "result": data,
         }
-        write_json(folder / MANIFEST, manifest)
+        write_json_atomic(folder / MANIFEST, manifest)
         (folder / PENDING).unlink(missing_ok=True)
     except StageError:
         display.finish(stage.name, "failed", None, None)

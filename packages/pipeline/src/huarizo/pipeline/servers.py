@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from huarizo.formats import HuarizoError
+from huarizo.formats.llm import ServerStartError, free_port, stop_process, wait_until_ready
 from huarizo.serve.config import ServeConfig
 
 _URL = re.compile(r" on (https?://\S+?)/v1\s*$", re.M)
@@ -66,19 +65,6 @@ def popen(cmd: Sequence[str], log: Path, *, keep_fds: Sequence[int] = (), env: d
         )
 
 
-def last_lines(path: Path, n: int = 1, pattern: str | None = None) -> str:
-    """The last `n` non-empty lines of a log (those matching `pattern` when given), progress bars left out."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    lines = [ln.rsplit("\r", 1)[-1].strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("$ ")]
-    if pattern is not None:
-        lines = [ln for ln in lines if re.search(pattern, ln)]
-    return " | ".join(lines[-n:])
-
-
 class Server:
     """One served model."""
 
@@ -96,66 +82,33 @@ class Server:
         self.folder.mkdir(parents=True, exist_ok=True)
         cfg, root = self.cfg, None
         if cfg.backend == "vllm":  # vLLM's server cannot take port 0 and say which port it got: pick one here
-            cfg = cfg.model_copy(update={"port": _free_port(cfg.host)})
+            cfg = cfg.model_copy(update={"port": free_port(cfg.host)})
             root = f"http://127.0.0.1:{cfg.port}"
         config.write_text(cfg.to_yaml(), encoding="utf-8")
         start = self.log.stat().st_size if self.log.exists() else 0
         self.proc = popen([huarizo_command(), "serve", str(config)], self.log, keep_fds=keep_fds)
-        deadline = t0 + timeout
-        while True:
-            try:
-                code = self.proc.wait(timeout=0.25)
-            except subprocess.TimeoutExpired:
-                code = None
-            if code is not None:
-                why = last_lines(self.log, 1, r"error|Error|rror:") or last_lines(self.log, 1)
-                raise ServerError(
-                    f"the server for {self.name!r} (model {self.cfg.model}) exited while starting (code {code}): "
-                    f"{why or 'no output'}; log: {self.log}"
-                )
-            if root is None:
-                with open(self.log, "rb") as fh:
-                    fh.seek(start)
-                    found = _URL.search(fh.read().decode("utf-8", errors="replace"))
-                if found:
-                    root = found.group(1).replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
-            if root is not None and _healthy(root):
-                break
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(
-                    f"the server for {self.name!r} (model {self.cfg.model}) was not ready within {timeout:.0f} s; "
-                    f"log: {self.log}"
-                )
-        self.url = f"{root}/v1"
+
+        def address() -> str | None:  # `huarizo serve` on port 0 prints where it listens
+            if root is not None:
+                return root
+            with open(self.log, "rb") as fh:
+                fh.seek(start)
+                found = _URL.search(fh.read().decode("utf-8", errors="replace"))
+            if found is None:
+                return None
+            return found.group(1).replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+
+        what = f"the server for {self.name!r} (model {self.cfg.model})"
+        try:
+            self.url = wait_until_ready(self.proc, address, timeout=timeout, what=what, log=self.log) + "/v1"
+        except ServerStartError as exc:
+            raise ServerError(str(exc)) from None
         self.seconds = time.monotonic() - t0
         return self.url
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 30 s)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host if host not in ("0.0.0.0", "") else "127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _healthy(root: str) -> bool:
-    try:
-        return httpx.get(f"{root}/health", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
+        stop_process(self.proc)
 
 
 class ServerPool:

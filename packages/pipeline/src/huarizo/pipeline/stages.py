@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pydantic import Field
 
 from huarizo.formats import HuarizoError, StageResult
+from huarizo.formats.llm import log_tail
 from huarizo.pipeline.config import SERVED, RecipeConfig
 
 VOLATILE = frozenset(
@@ -313,7 +314,7 @@ def _train(recipe: RecipeConfig) -> Stage:
         upstream.insert(0, "datagen")
 
     def run(ctx: Context) -> StageResult:
-        from huarizo.pipeline.servers import last_lines, popen
+        from huarizo.pipeline.servers import popen
 
         files = [f.model_dump(mode="json") for f in cfg.data.files]
         for stage in upstream:
@@ -343,7 +344,7 @@ def _train(recipe: RecipeConfig) -> Stage:
                     ctx.tick(steps - seen)
                     seen = steps
         if code != 0:
-            raise HuarizoError(_trainer_failure(code, out, log, last_lines))
+            raise HuarizoError(_trainer_failure(code, out, log))
         rows = _metric_rows(out / "metrics.jsonl")
         losses = [r for r in rows if "loss" in r]
         return _result(
@@ -401,7 +402,7 @@ def _last_step(path: Path) -> int:
     return int(rows[-1]["step"]) if rows else 0
 
 
-def _trainer_failure(code: int, out: Path, log: Path, last_lines: Callable[..., str]) -> str:
+def _trainer_failure(code: int, out: Path, log: Path) -> str:
     ckpt = out / "checkpoints" / "latest"
     at = _last_step(out / "metrics.jsonl")
     resume = (
@@ -411,7 +412,7 @@ def _trainer_failure(code: int, out: Path, log: Path, last_lines: Callable[..., 
     )
     if code < 0:
         return f"the trainer was killed by {signal.Signals(-code).name} after step {at}; {resume}; log: {log}"
-    why = last_lines(log, 1, r"^error:|Error:|error:") or last_lines(log, 1)
+    why = log_tail(log, 1, r"^error:|Error:|error:") or log_tail(log, 1)
     return f"the trainer exited with code {code}: {why}; {resume}; log: {log}"
 
 
@@ -478,15 +479,14 @@ def _metrics(recipe: RecipeConfig) -> Stage:
     out = recipe.run_dir / "metrics"
 
     def run(ctx: Context) -> StageResult:
-        from huarizo.formats import write_records
-        from huarizo.pipeline.manifest import write_json
-        from huarizo.pipeline.metrics import score_answers
+        from huarizo.formats import write_json_atomic, write_records
+        from huarizo.judge import reference_metrics
 
         files = {name: Path(p) for name, p in ctx.result("answer")["outputs"].items()}
-        summary, rows = score_answers(
+        summary, rows = reference_metrics(
             str(recipe.questions), files, bootstrap=cfg.bootstrap, level=cfg.level, seed=recipe.seed
         )
-        write_json(out / "metrics.json", summary)
+        write_json_atomic(out / "metrics.json", summary)
         write_records(out / "scores.jsonl", rows)
         return _result(
             outputs={"metrics": out / "metrics.json", "scores": out / "scores.jsonl"},

@@ -47,6 +47,7 @@ from huarizo.formats import (
     QuestionSet,
     load_answer_files,
     load_questions,
+    write_json_atomic,
 )
 from huarizo.serve.config import SERVED, ArenaConfig
 from huarizo.serve.engine import EngineError
@@ -290,9 +291,7 @@ class Arena:
             "answers": self.cfg.answers,
             "created": _now(),
         }
-        tmp = path.with_name(".arena.json.tmp")
-        tmp.write_text(json.dumps(desc, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_json_atomic(path, desc)
         return seed
 
     def _load_live(self) -> None:

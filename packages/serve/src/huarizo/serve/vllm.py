@@ -13,10 +13,8 @@ import contextlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from typing import Any
 
 from huarizo.serve.config import ServeConfig
@@ -90,40 +88,29 @@ class VLLMServer(Server):
     def __init__(self, cfg: ServeConfig) -> None:
         warn_if_exposed(cfg)
         if cfg.port == 0:  # vLLM needs a number: take a free one
-            with socket.socket() as sock:
-                sock.bind((cfg.host, 0))
-                cfg = cfg.model_copy(update={"port": sock.getsockname()[1]})
+            from huarizo.formats.llm import free_port
+
+            cfg = cfg.model_copy(update={"port": free_port(cfg.host)})
         self.cfg, self.port = cfg, cfg.port
         self.command, self._env = vllm_launch(cfg)
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 900.0) -> VLLMServer:
         """Start vLLM; returns once its `/health` answers (loading a model on a GPU takes a while)."""
-        import httpx
+        from huarizo.formats.llm import ServerStartError, wait_until_ready
 
         self._proc = subprocess.Popen(self.command, env=self._env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise ServeError(f"vLLM exited with status {self._proc.returncode} before serving")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServeError(f"vLLM did not start within {timeout:.0f} s")
-            time.sleep(0.5)
+        try:
+            wait_until_ready(self._proc, self.url, timeout=timeout, what="vLLM")
+        except ServerStartError as exc:
+            raise ServeError(str(exc)) from None
+        return self
 
     def stop(self) -> None:
         """Stop vLLM (SIGTERM, then SIGKILL after 30 s)."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        from huarizo.formats.llm import stop_process
+
+        stop_process(self._proc)
 
 
 class VLLMMiddleware:

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from huarizo.formats import write_text_atomic
+
 CARD = "README.md"
 
 
@@ -61,11 +63,7 @@ def _fmt(value: Any) -> str:
 
 def write_card(folder: str | os.PathLike[str], card: ModelCard) -> Path:
     """Write `folder/README.md` atomically."""
-    path = Path(folder) / CARD
-    tmp = path.with_name(CARD + ".tmp")
-    tmp.write_text(card.render(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(folder) / CARD, card.render())
 
 
 def _metrics(output_dir: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
-from huarizo.formats import HuarizoError
+from huarizo.formats import HuarizoError, write_text_atomic
 
 TAG = re.compile(r"step-\d+")
 """The only checkpoint names `save` writes (and `latest` may name)."""
@@ -96,9 +96,7 @@ def save(engine: Any, folder: Path, step: int, client_state: dict[str, Any], *, 
         str(folder), tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
     )
     if rank == 0:
-        tmp = folder / ".latest.tmp"
-        tmp.write_text(tag, encoding="utf-8")
-        tmp.replace(folder / "latest")
+        write_text_atomic(folder / "latest", tag)
 
 
 def load(engine: Any, folder: Path, tag: str) -> dict[str, Any]:

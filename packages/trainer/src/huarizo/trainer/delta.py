@@ -19,15 +19,14 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from huarizo.formats import HuarizoError
+from huarizo.formats import HuarizoError, atomic_folder
 from huarizo.formats.models import resolve_model
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -194,21 +193,6 @@ def _local_folder(ref: str, role: str) -> Path:
         raise DeltaError(f"{role} model {ref!r}: not a local folder and not downloadable ({exc})") from None
 
 
-@contextmanager
-def _atomic_folder(target: Path) -> Iterator[Path]:
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-
-
 Combine = Callable[..., torch.Tensor]
 """`torch.add` or `torch.sub`: `(x, b)` or `(x, b, out=...)`."""
 
@@ -342,7 +326,7 @@ def apply_delta(
     """
     base_w, delta_w = WeightFiles(base, "base"), WeightFiles(delta, "delta")
     out = Path(target)
-    with _atomic_folder(out) as tmp:
+    with atomic_folder(out) as tmp:
         n, size = _stream(delta_w, base_w, tmp, torch.add, dtype, max_shard_size, progress)
         _finish(tmp, delta_w, base, f"{out.name}: {base} + delta {delta}", "huarizo train apply-delta", n, size)
     return out
@@ -363,7 +347,7 @@ def make_delta(
     """
     base_w, target_w = WeightFiles(base, "base"), WeightFiles(target, "target")
     out = Path(delta)
-    with _atomic_folder(out) as tmp:
+    with atomic_folder(out) as tmp:
         n, size = _stream(target_w, base_w, tmp, torch.sub, dtype, max_shard_size, progress)
         _finish(
             tmp,

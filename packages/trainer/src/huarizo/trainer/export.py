@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from huarizo.formats import ChatTemplate, HuarizoError, Template, get_template, template_for_tokenizer
+from huarizo.formats import (
+    ChatTemplate,
+    HuarizoError,
+    Template,
+    get_template,
+    template_for_tokenizer,
+    write_text_atomic,
+)
 from huarizo.formats.models import resolve_model
 
 QUANT_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
@@ -319,10 +326,7 @@ def write_modelfile(path: Path, gguf_file: Path, template: Template, eos: str, b
     else:
         lines.append("# no TEMPLATE: Ollama takes the chat template from the GGUF (tokenizer.chat_template)")
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 # ---- GGUF --------------------------------------------------------------------------------------------------------

@@ -22,14 +22,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats import HuarizoError
+from huarizo.formats import HuarizoError, atomic_folder
 from huarizo.formats.models import resolve_model
 
 VOCAB_RECORD = "huarizo_vocab.json"
@@ -242,6 +241,107 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _base_tokenizer(path: str, base: str) -> Any:
+    """The base model's fast tokenizer (its `tokenizer.json` is what gets extended)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VocabError(f"{base}: no usable tokenizer in the base model ({first})") from None
+    if isinstance(tokenizer, bool) or not hasattr(tokenizer, "backend_tokenizer"):
+        raise VocabError(f"{base}: the base model has no fast tokenizer (tokenizer.json)")
+    return tokenizer
+
+
+def _write_tokenizer(tokenizer: Any, new_data: dict[str, Any], folder: Path) -> Any:
+    """Write the extended tokenizer into `folder` and load it back; every existing token must keep its id."""
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(json.dumps(new_data, ensure_ascii=False), encoding="utf-8")
+    for stale in ("tokenizer.model", "vocab.json", "merges.txt"):  # the old vocabulary must not come back
+        (folder / stale).unlink(missing_ok=True)
+    extended = AutoTokenizer.from_pretrained(folder)
+    new_vocab = extended.get_vocab()
+    moved = [t for t, i in tokenizer.get_vocab().items() if new_vocab.get(t) != i]
+    if moved:
+        raise VocabError(f"internal check failed: {len(moved)} existing tokens changed id (e.g. {moved[0]!r})")
+    return extended
+
+
+def _write_model(path: str, data: dict[str, Any], tokens: list[str], first_id: int, size: int, folder: Path) -> None:
+    """Write the base model with its embeddings grown to `size` rows into `folder`: each new row (input and output
+    embeddings) is the mean of the rows of the base tokens the new token replaces."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    base_tk = Tokenizer.from_str(json.dumps(data))
+    parts = [[t.id for t in base_tk.model.tokenize(token)] for token in tokens]
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+    rows = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(max(rows, size), mean_resizing=False)
+    inp = model.get_input_embeddings().weight
+    outp = model.get_output_embeddings().weight if model.get_output_embeddings() is not None else None
+    with torch.no_grad():
+        for i, ids in enumerate(parts):
+            for weight in {id(w): w for w in (inp, outp) if w is not None}.values():
+                weight[first_id + i] = weight[ids].float().mean(0).to(weight.dtype)
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def _write_record(
+    folder: Path,
+    result: VocabResult,
+    base: str,
+    corpus: Sequence[str | os.PathLike[str]],
+    min_frequency: int,
+    chat: bool,
+) -> None:
+    """`huarizo_vocab.json` (what was added, from which corpus) and the model card."""
+    record = {
+        "base": str(base),
+        "first_new_id": result.base_size,
+        "added": len(result.added),
+        "tokens": result.readable,
+        "corpus": [{"path": str(f), "sha256": _digest(Path(f))} for f in corpus],
+        "min_frequency": min_frequency,
+        "tokens_per_han": {
+            "corpus": [result.tokens_per_han_before, result.tokens_per_han_after],
+            **{k: list(v) for k, v in result.eval_tokens_per_han.items()},
+        },
+    }
+    (folder / VOCAB_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from huarizo.trainer.card import ModelCard, write_card
+
+    n, first = len(result.added), result.base_size
+    before, after = result.tokens_per_han_before, result.tokens_per_han_after
+    write_card(
+        folder,
+        ModelCard(
+            title=f"{result.folder.name}: {base} with {n} new tokens",
+            base=str(base),
+            made_by="huarizo train extend-vocab",
+            data=[f"{f} (sha256 {_digest(Path(f))})" for f in corpus],
+            template="the base tokenizer's chat template" if chat else None,
+            metrics={
+                "new tokens": f"{n} (ids {first}-{first + n - 1})",
+                "tokens per Han character, corpus": f"{before:.2f} → {after:.2f}",
+                **{
+                    f"tokens per Han character, {k}": f"{b:.2f} → {a:.2f}"
+                    for k, (b, a) in result.eval_tokens_per_han.items()
+                },
+            },
+            notes=[
+                "New rows of the input and output embeddings start as the mean of the rows of the base tokens each "
+                "new token replaces; train them (`model.new_tokens_only: true`) before using the model.",
+            ],
+        ),
+    )
+
+
 def extend_vocab(
     base: str,
     corpus: Sequence[str | os.PathLike[str]],
@@ -251,11 +351,8 @@ def extend_vocab(
     min_frequency: int = 2,
     eval_files: Sequence[str | os.PathLike[str]] = (),
 ) -> VocabResult:
-    """Add up to `add` tokens learned on `corpus` to the model `base` and write the extended model folder `out`."""
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Add up to `add` tokens learned on `corpus` to the model `base` and write the extended model folder `out`
+    (atomically: a crash leaves no half folder)."""
     if add < 1:
         raise VocabError(f"--add must be at least 1, got {add}")
     if min_frequency < 1:
@@ -263,13 +360,7 @@ def extend_vocab(
     lines = read_corpus(corpus)
     eval_texts = {str(f): (read_corpus([f]), Path(f).read_text(encoding="utf-8"))[1] for f in eval_files}
     path = resolve_model(base)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VocabError(f"{base}: no usable tokenizer in the base model ({first})") from None
-    if isinstance(tokenizer, bool) or not hasattr(tokenizer, "backend_tokenizer"):
-        raise VocabError(f"{base}: the base model has no fast tokenizer (tokenizer.json)")
+    tokenizer = _base_tokenizer(path, base)
     data = _backend_json(tokenizer, base)
     tokens, merges = plan_extension(data, lines, add, min_frequency)
     if not tokens:
@@ -279,73 +370,20 @@ def extend_vocab(
         )
     new_data = extended_tokenizer_json(data, tokens, merges)
     first_id = new_data["model"]["vocab"][tokens[0]]
-
-    target = Path(out)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "tokenizer.json").write_text(json.dumps(new_data, ensure_ascii=False), encoding="utf-8")
-    for stale in ("tokenizer.model", "vocab.json", "merges.txt"):  # the old vocabulary must not come back
-        (tmp / stale).unlink(missing_ok=True)
-    extended = AutoTokenizer.from_pretrained(tmp)
-    old_vocab = tokenizer.get_vocab()
-    new_vocab = extended.get_vocab()
-    moved = [t for t, i in old_vocab.items() if new_vocab.get(t) != i]
-    if moved:
-        raise VocabError(f"internal check failed: {len(moved)} existing tokens changed id (e.g. {moved[0]!r})")
-
-    base_tk = Tokenizer.from_str(json.dumps(data))
-    parts = [[t.id for t in base_tk.model.tokenize(token)] for token in tokens]
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    rows = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(max(rows, len(extended)), mean_resizing=False)
-    inp = model.get_input_embeddings().weight
-    outp = model.get_output_embeddings().weight if model.get_output_embeddings() is not None else None
-    with torch.no_grad():
-        for i, ids in enumerate(parts):
-            for weight in {id(w): w for w in (inp, outp) if w is not None}.values():
-                weight[first_id + i] = weight[ids].float().mean(0).to(weight.dtype)
-    model.save_pretrained(tmp, safe_serialization=True)
-
-    before = tokens_per_han(tokenizer, lines)
-    after = tokens_per_han(extended, lines)
-    evals = {name: (tokens_per_han(tokenizer, [t]), tokens_per_han(extended, [t])) for name, t in eval_texts.items()}
-    result = VocabResult(target, first_id, tokens, _readable(data, tokens), before, after, evals)
-    record = {
-        "base": str(base),
-        "first_new_id": first_id,
-        "added": len(tokens),
-        "tokens": result.readable,
-        "corpus": [{"path": str(f), "sha256": _digest(Path(f))} for f in corpus],
-        "min_frequency": min_frequency,
-        "tokens_per_han": {"corpus": [before, after], **{k: list(v) for k, v in evals.items()}},
-    }
-    (tmp / VOCAB_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    from huarizo.trainer.card import ModelCard, write_card
-
-    write_card(
-        tmp,
-        ModelCard(
-            title=f"{target.name}: {base} with {len(tokens)} new tokens",
-            base=str(base),
-            made_by="huarizo train extend-vocab",
-            data=[f"{f} (sha256 {_digest(Path(f))})" for f in corpus],
-            template=getattr(extended, "chat_template", None) and "the base tokenizer's chat template",
-            metrics={
-                "new tokens": f"{len(tokens)} (ids {first_id}-{first_id + len(tokens) - 1})",
-                "tokens per Han character, corpus": f"{before:.2f} → {after:.2f}",
-                **{f"tokens per Han character, {k}": f"{b:.2f} → {a:.2f}" for k, (b, a) in evals.items()},
-            },
-            notes=[
-                "New rows of the input and output embeddings start as the mean of the rows of the base tokens each "
-                "new token replaces; train them (`model.new_tokens_only: true`) before using the model.",
-            ],
-        ),
-    )
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with atomic_folder(out) as tmp:
+        extended = _write_tokenizer(tokenizer, new_data, tmp)
+        _write_model(path, data, tokens, first_id, len(extended), tmp)
+        evals = {k: (tokens_per_han(tokenizer, [t]), tokens_per_han(extended, [t])) for k, t in eval_texts.items()}
+        result = VocabResult(
+            Path(out),
+            first_id,
+            tokens,
+            _readable(data, tokens),
+            tokens_per_han(tokenizer, lines),
+            tokens_per_han(extended, lines),
+            evals,
+        )
+        _write_record(tmp, result, base, corpus, min_frequency, bool(getattr(extended, "chat_template", None)))
     return result
 
 

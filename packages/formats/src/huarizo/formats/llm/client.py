@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from huarizo.formats.errors import HuarizoError
+from huarizo.formats.io import atomic_file
 
 Mode = Literal["chat", "completion"]
 
@@ -272,17 +272,14 @@ class LLMClient:
         path = self._cache_path(h)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            entry = {
-                "request": {"model": self.model, **payload},
-                "response": asdict(resp),
-                "fingerprint": fingerprint,
-                "endpoint": self.endpoint,
-            }
+        entry = {
+            "request": {"model": self.model, **payload},
+            "response": asdict(resp),
+            "fingerprint": fingerprint,
+            "endpoint": self.endpoint,
+        }
+        with atomic_file(path) as fh:
             json.dump(entry, fh, ensure_ascii=False)
-        os.replace(tmp, path)
 
     def payload(
         self, content: str | Sequence[dict[str, str]], *, top_logprobs: int | None = None, **params: Any

@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from huarizo.formats.config import cache_dir
 from huarizo.formats.errors import HuarizoError
+from huarizo.formats.io import atomic_folder
 from huarizo.formats.models.gguf import convert_gguf
 
 EMBEDDED = "embedded"
@@ -60,16 +60,9 @@ def _build_once(name: str, build: Any, announce: Announce | None = None, what: s
             return final
         if announce:
             announce(f"first use: {what} into {final} (once; later starts load it directly)")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
-        try:
+        with atomic_folder(final) as tmp:
             build(tmp)
             (tmp / _DONE).write_text("ok\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -81,6 +81,24 @@ def prompt_text(request: dict[str, Any]) -> str:
     return "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
 
 
+class PromptCounter:
+    """Counts requests per prompt, for scripts whose reply depends on the attempt: `counter(request)` gives
+    `(attempt, order)`, how many times this prompt was asked before and where it first came among the prompts
+    (thread-safe: the server answers requests concurrently)."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+        self.order: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, request: dict[str, Any]) -> tuple[int, int]:
+        prompt = prompt_text(request)
+        with self._lock:
+            attempt = self.attempts.get(prompt, 0)
+            self.attempts[prompt] = attempt + 1
+            return attempt, self.order.setdefault(prompt, len(self.order))
+
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default (5) drops connections when many clients connect at once
     daemon_threads = True

@@ -6,21 +6,11 @@ with the order counts as a tie and as inconsistent; a reply with no verdict (or 
 left out. Win rate = (wins + ties / 2) / n, with a percentile bootstrap 95% interval.
 """
 
-import random
-import re
-
 import datasets
 import evaluate
 
-_VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
-
-
-def verdict(reply):
-    """`A`, `B` or `C` from a reply or a bare letter, else None."""
-    if reply.strip() in ("A", "B", "C"):
-        return reply.strip()
-    found = set(_VERDICT.findall(reply))
-    return found.pop() if len(found) == 1 else None
+from huarizo.judge.prompts import parse_pair
+from huarizo.judge.stats import bootstrap_ci
 
 
 class JudgeWinRate(evaluate.Metric):
@@ -39,7 +29,7 @@ class JudgeWinRate(evaluate.Metric):
     def _compute(self, predictions, references, bootstrap=1000, seed=0):
         outcomes, inconsistent, errors = [], 0, 0
         for first, second in zip(predictions, references, strict=True):
-            v1, v2 = verdict(first), verdict(second)
+            v1, v2 = parse_pair(first), parse_pair(second)
             if v1 is None or v2 is None:
                 errors += 1
                 continue
@@ -49,11 +39,9 @@ class JudgeWinRate(evaluate.Metric):
                 inconsistent += 1
             outcomes.append(a if a == b else 0.5)
         n = len(outcomes)
-        rng = random.Random(seed)
-        means = sorted(sum(rng.choice(outcomes) for _ in range(n)) / n for _ in range(bootstrap)) if n else []
         return {
             "win_rate": sum(outcomes) / n if n else None,
-            "win_rate_ci": [means[int(0.025 * len(means))], means[int(0.975 * len(means)) - 1]] if n else None,
+            "win_rate_ci": bootstrap_ci(outcomes, n=bootstrap, seed=seed) if n else None,
             "n": n,
             "wins": sum(o == 1.0 for o in outcomes),
             "ties": sum(o == 0.5 for o in outcomes),

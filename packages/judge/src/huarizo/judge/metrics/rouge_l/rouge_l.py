@@ -1,40 +1,14 @@
 """ROUGE-L: F1 of the longest common subsequence of words, the overlap Self-Instruct used to filter and evaluate.
 
-Tokens are lower-cased runs of letters and digits. With several references per prediction, the best one counts.
+Exactly `rouge_score`'s (its default tokenizer: lower-cased runs of ASCII letters and digits; no stemming), through
+`huarizo.formats.rouge_l`, the implementation datagen's novelty filter uses. With several references per prediction,
+the best one counts.
 """
-
-import re
 
 import datasets
 import evaluate
 
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def _tokens(text):
-    return _TOKEN.findall(text.lower())
-
-
-def _lcs(a, b):
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction, reference):
-    """ROUGE-L F1 of two strings."""
-    p, r = _tokens(prediction), _tokens(reference)
-    lcs = _lcs(p, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
+from huarizo.formats import rouge_l
 
 
 class RougeL(evaluate.Metric):
