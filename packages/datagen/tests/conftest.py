@@ -34,8 +34,7 @@ def instructions(shared_data: Path) -> list[str]:
 @pytest.fixture
 def teacher() -> Iterator[object]:
     """A ScriptedServer answering datagen prompts with plausible replies."""
-    from huarizo.datagen.scripted import scripted_teacher
-    from huarizo.formats.testing import ScriptedServer
+    from huarizo.formats.testing import ScriptedServer, scripted_teacher
 
     with ScriptedServer(scripted_teacher) as server:
         yield server

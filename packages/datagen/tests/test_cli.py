@@ -10,11 +10,10 @@ import pytest
 import yaml
 
 from huarizo.datagen import DatagenConfig, TeacherConfig
-from huarizo.datagen.scripted import scripted_teacher
 from huarizo.formats import EndpointConfig, HuarizoConfig, load, write_records
 from huarizo.formats.cli import main
 from huarizo.formats.config import ConfigError
-from huarizo.formats.testing import ScriptedServer
+from huarizo.formats.testing import ScriptedServer, scripted_teacher
 
 
 def _error(capsys: pytest.CaptureFixture[str], *names: str) -> str:

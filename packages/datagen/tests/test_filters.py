@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from huarizo.datagen import FilterConfig, RecordFilter, filter_file
-from huarizo.datagen.rouge import rouge_score_filter
 from huarizo.formats import load, write_records
 from huarizo.formats.cli import main
+from huarizo.formats.testing import rouge_score_filter
 
 
 def _rec(instruction: str, output: str = "An answer.", input: str = "") -> dict[str, str]:

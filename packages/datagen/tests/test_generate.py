@@ -20,10 +20,9 @@ import yaml
 
 from huarizo.datagen import DatagenConfig, RoundFailed, run
 from huarizo.datagen.generate import load_seeds
-from huarizo.datagen.scripted import scripted_teacher
 from huarizo.formats import HuarizoError, StageResult
 from huarizo.formats.cli import main
-from huarizo.formats.testing import PromptCounter, Reply, ScriptedServer, prompt_text
+from huarizo.formats.testing import PromptCounter, Reply, ScriptedServer, prompt_text, scripted_teacher
 
 
 def _cfg(server: ScriptedServer, out: Path, *overrides: str) -> DatagenConfig:

@@ -12,8 +12,8 @@ from huarizo.datagen.rouge import (
     DefaultTokenizer,
     NoveltyIndex,
     novelty_filter,
-    rouge_score_filter,
 )
+from huarizo.formats.testing import rouge_score_filter
 
 
 def _vary(text: str, rng: random.Random) -> str:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from huarizo.formats.cli import main
-from huarizo.formats.testing import ScriptedServer
+from huarizo.formats.testing import ScriptedServer, prefer_longer
 from huarizo.judge import AnswerConfig, GradeConfig
-from huarizo.judge.testing import prefer_longer
 
 
 def test_grade_flags_write_summary_judgments_report(tmp_path, vicuna, capsys) -> None:  # type: ignore[no-untyped-def]

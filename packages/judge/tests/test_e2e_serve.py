@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from huarizo.formats import Question, load_questions
-from huarizo.formats.testing import ScriptedServer, huarizo_serve
+from huarizo.formats.testing import ScriptedServer, huarizo_serve, prefer_longer
 from huarizo.judge import AnswerConfig, GradeConfig, answer, grade
 from huarizo.judge.prompts import PAIR_PREFIX, completion_prompt, pair_messages, verdict_only
-from huarizo.judge.testing import prefer_longer
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("huarizo.serve") is None,
@@ -73,7 +72,7 @@ def test_two_served_tiny_models_answer_and_are_judged(tmp_path, vicuna, tiny_mod
 def test_embedded_model_answers_mt_bench_turn_by_turn(tmp_path, shared_data) -> None:  # type: ignore[no-untyped-def]
     """The embedded Gemma 3 270M behind `huarizo serve` answers two MT-bench questions (two turns each); graded."""
     from huarizo.formats.models import resolve_model
-    from huarizo.judge.testing import shown_answer
+    from huarizo.formats.testing import shown_answer
 
     qs = shared_data / "fastchat/mt_bench/question.jsonl"
     out = tmp_path / "embedded.jsonl"

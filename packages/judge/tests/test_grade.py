@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from huarizo.formats.testing import Reply, ScriptedServer
+from huarizo.formats.testing import Reply, ScriptedServer, prefer_first, prefer_longer, shown_answers
 from huarizo.judge import GradeConfig, JudgeIncomplete, grade
-from huarizo.judge.testing import prefer_first, prefer_longer, shown_answers
 
 BASE = "vicuna-13b"
 
@@ -181,7 +180,7 @@ def _mt_answers(tmp: Path, qs_path: Path, model: str, style: str) -> Path:
 
 
 def test_single_grading_mt_bench_reference_guided_and_multi_turn(tmp_path, shared_data) -> None:  # type: ignore[no-untyped-def]
-    from huarizo.judge.testing import shown_answer
+    from huarizo.formats.testing import shown_answer
 
     qs = shared_data / "fastchat/mt_bench/question.jsonl"
     refs = shared_data / "fastchat/mt_bench/reference_answer/gpt-4.jsonl"
@@ -252,7 +251,7 @@ def test_all_pairs_bradley_terry_and_report(tmp_path, vicuna) -> None:  # type: 
 
 
 def test_single_scores_agreement_with_gpt4_reviews(tmp_path, vicuna) -> None:  # type: ignore[no-untyped-def]
-    from huarizo.judge.testing import shown_answer
+    from huarizo.formats.testing import shown_answer
 
     def by_length(req: dict[str, Any]) -> str:
         return f"Rating: [[{min(10, 1 + len(shown_answer(req)) // 300)}]]"

@@ -11,9 +11,17 @@ from typing import Any
 import pytest
 
 from huarizo.formats.llm import TokenLogprob
-from huarizo.formats.testing import Reply, ScriptedServer, prompt_text
+from huarizo.formats.testing import (
+    Reply,
+    ScriptedServer,
+    first_with,
+    longer_with,
+    prefer_longer,
+    prompt_text,
+    rating_with,
+    shown_answers,
+)
 from huarizo.judge import GradeConfig, JudgeIncomplete, grade
-from huarizo.judge.testing import first_with, longer_with, prefer_longer, rating_with, shown_answers
 from huarizo.judge.verdicts import normalise, pair_probs, rating_probs
 
 BASE = "vicuna-13b"

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from huarizo.formats.cli import main
-from huarizo.formats.testing import Reply, ScriptedServer, prompt_text
+from huarizo.formats.testing import Reply, ScriptedServer, prefer_first, prefer_longer, prompt_text
 from huarizo.judge import GradeConfig, JudgeIncomplete, grade
-from huarizo.judge.testing import prefer_first, prefer_longer
 
 SECRET = "sk-test-0123456789abcdef-never-write-me"
 

@@ -14,10 +14,9 @@ import pytest
 
 from huarizo.formats.cli import main
 from huarizo.formats.errors import HuarizoError
-from huarizo.formats.testing import ScriptedServer
+from huarizo.formats.testing import ScriptedServer, prefer_longer
 from huarizo.judge import GradeConfig, ScoreConfig, grade, score
 from huarizo.judge.stats import alpaca_eval_length_controlled
-from huarizo.judge.testing import prefer_longer
 
 
 def _leaderboard_row(shared_data: Path, name: str) -> dict[str, str]:

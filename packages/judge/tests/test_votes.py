@@ -11,10 +11,9 @@ import pytest
 
 from huarizo.formats.cli import main
 from huarizo.formats.errors import HuarizoError
-from huarizo.formats.testing import ScriptedServer
+from huarizo.formats.testing import ScriptedServer, prefer_longer
 from huarizo.judge import GradeConfig, ScoreConfig, grade, load_labels, score
 from huarizo.judge.stats import agreement, bootstrap_ci
-from huarizo.judge.testing import prefer_longer
 
 TUNED, BASE = "tuned", "base"
 # question id -> (tuned's answer, base's answer): tuned is longer on 1-4, shorter on 5, as long on 6

@@ -21,8 +21,7 @@ QUESTIONS = REPO / "configs" / "recipes" / "quickstart" / "questions.jsonl"
 @pytest.fixture(scope="session")
 def teacher() -> Iterator[Any]:
     """A scripted teacher answering datagen's prompts with well-formed task batches."""
-    from huarizo.datagen.scripted import scripted_teacher
-    from huarizo.formats.testing import ScriptedServer
+    from huarizo.formats.testing import ScriptedServer, scripted_teacher
 
     with ScriptedServer(scripted_teacher, model="teacher") as server:
         yield server
@@ -31,8 +30,7 @@ def teacher() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def judge() -> Iterator[Any]:
     """A scripted judge that prefers the longer answer (reads the answers out of the prompt as a judge would)."""
-    from huarizo.formats.testing import ScriptedServer
-    from huarizo.judge.testing import prefer_longer
+    from huarizo.formats.testing import ScriptedServer, prefer_longer
 
     with ScriptedServer(prefer_longer, model="judge") as server:
         yield server

@@ -279,8 +279,8 @@ def test_the_judge_audit_of_browser_votes_matches_a_hand_count(
     two_voters: dict[str, Any], kit: Any, tmp_path: Path
 ) -> None:
     pytest.importorskip("huarizo.judge", reason="huarizo-judge is not installed (the full suite has it)")
+    from huarizo.formats.testing import prefer_longer
     from huarizo.judge import GradeConfig, grade
-    from huarizo.judge.testing import prefer_longer
 
     files, a, b = two_voters["files"], kit.models[0], kit.models[1]
     with ScriptedServer(prefer_longer) as judge:

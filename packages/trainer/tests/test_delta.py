@@ -117,7 +117,7 @@ def test_apply_delta_streams_and_equals_the_in_memory_result_bit_for_bit(
     assert all(torch.equal(got[k], expected[k]) for k in got)
     assert all(t.dtype == torch_dtype for t in _read_all(out).values())
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(tiny_model_dir).get_vocab()
-    assert "huarizo train apply-delta" in (out / "README.md").read_text(encoding="utf-8")
+    assert "huarizo apply-delta" in (out / "README.md").read_text(encoding="utf-8")
 
 
 def _tuned(src: Path, folder: Path, *, seed: int, untie: bool = False) -> Path:
@@ -138,7 +138,7 @@ def _tuned(src: Path, folder: Path, *, seed: int, untie: bool = False) -> Path:
 def test_make_delta_then_apply_delta_round_trips_an_extended_vocabulary(tiny_model_dir: Path, tmp_path: Path) -> None:
     extended = extend_vocab(str(tiny_model_dir), [CORPUS], 300, tmp_path / "extended").folder
     tuned = _tuned(extended, tmp_path / "tuned", seed=3)  # tied, 812 rows over a 512-row base
-    assert main(["train", "make-delta", "--base", str(tiny_model_dir), "--target", str(tuned),
+    assert main(["make-delta", "--base", str(tiny_model_dir), "--target", str(tuned),
                  "--delta", str(tmp_path / "delta")]) == 0  # fmt: skip
     delta, want, base = _read_all(tmp_path / "delta"), _read_all(tuned), _read_all(tiny_model_dir)
     emb = "model.embed_tokens.weight"
@@ -147,7 +147,7 @@ def test_make_delta_then_apply_delta_round_trips_an_extended_vocabulary(tiny_mod
     assert torch.equal(delta[emb][512:], want[emb][512:])  # new rows are published as they are
     assert torch.equal(delta[emb][:512], want[emb][:512] - base[emb])
 
-    assert main(["train", "apply-delta", "--base", str(tiny_model_dir), "--delta", str(tmp_path / "delta"),
+    assert main(["apply-delta", "--base", str(tiny_model_dir), "--delta", str(tmp_path / "delta"),
                  "--target", str(tmp_path / "back")]) == 0  # fmt: skip
     back = _read_all(tmp_path / "back")
     for name, t in want.items():
@@ -260,7 +260,7 @@ def test_mismatched_weights_are_one_line_errors(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = _write(tmp_path / "other", _small(vocab=400), _llama_tensors(_small(vocab=400), 0), 10**9)
-    code = main(["train", "apply-delta", "--base", str(tiny_model_dir), "--delta", str(other),
+    code = main(["apply-delta", "--base", str(tiny_model_dir), "--delta", str(other),
                  "--target", str(tmp_path / "t")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and err.startswith("error: ") and "does not fit the base model's" in err, err
@@ -268,7 +268,7 @@ def test_mismatched_weights_are_one_line_errors(
 
     extra = _llama_tensors(_small(vocab=512), 0) | {"model.extra.weight": torch.zeros(2)}
     other = _write(tmp_path / "extra", _small(vocab=512), extra, 10**9)
-    code = main(["train", "apply-delta", "--base", str(tiny_model_dir), "--delta", str(other),
+    code = main(["apply-delta", "--base", str(tiny_model_dir), "--delta", str(other),
                  "--target", str(tmp_path / "t")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and "tensor 'model.extra.weight' of the delta model has no counterpart in the base model" in err
@@ -276,10 +276,10 @@ def test_mismatched_weights_are_one_line_errors(
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")
-    code = main(["train", "make-delta", "--base", str(empty), "--target", str(tiny_model_dir),
+    code = main(["make-delta", "--base", str(empty), "--target", str(tiny_model_dir),
                  "--delta", str(tmp_path / "d"), "--max-shard-size", "2GB"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and f"base model {empty}: no model.safetensors or pytorch_model.bin" in err
-    code = main(["train", "make-delta", "--base", str(tiny_model_dir), "--target", str(tiny_model_dir),
+    code = main(["make-delta", "--base", str(tiny_model_dir), "--target", str(tiny_model_dir),
                  "--delta", str(tmp_path / "d"), "--max-shard-size", "lots"])  # fmt: skip
     assert code == 1 and "use a size like 500MB or 2GB" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def _assert_same_model(folder: Path, path: Path, prompts: list[str] = PROMPTS, e
 
 def test_tiny_llama_f32_round_trip(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tiny.gguf"
-    code = main(["train", "export", str(tiny_model_dir), "--format", "gguf", "--out", str(out), "--type", "f32"])
+    code = main(["export", str(tiny_model_dir), "--format", "gguf", "--out", str(out), "--type", "f32"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "chat template: alpaca; end of turn: </s>" in printed and "ollama create NAME -f" in printed
@@ -280,10 +280,10 @@ def test_unsupported_models_are_one_line_errors(
     folder = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=512)).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
-    assert main(["train", "export", str(folder), "--out", str(tmp_path / "x.gguf")]) == 1
+    assert main(["export", str(folder), "--out", str(tmp_path / "x.gguf")]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: export: ") and "architecture 'gpt2' is not supported" in err
-    assert main(["train", "export", str(tiny_model_dir), "--out", str(tmp_path / "x.bin")]) == 1
+    assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "x.bin")]) == 1
     assert "the file name must end in .gguf" in capsys.readouterr().err
     assert not list(tmp_path.glob("x*"))
 

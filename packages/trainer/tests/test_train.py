@@ -263,7 +263,6 @@ def test_lora_trains_and_merges(run_train: RunTrain, base_config: dict[str, Any]
     proc = subprocess.run(
         [
             huarizo,
-            "train",
             "merge-lora",
             "--base",
             str(tiny_model_dir),

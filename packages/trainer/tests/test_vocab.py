@@ -56,7 +56,7 @@ def test_existing_ids_are_kept_and_chinese_takes_fewer_tokens(tiny_model_dir: Pa
     assert record["first_new_id"] == len(base) and record["added"] == 600
     assert record["tokens_per_han"][str(HELDOUT)] == pytest.approx([before, after])
     card = (extended / "README.md").read_text(encoding="utf-8")
-    assert "huarizo train extend-vocab" in card and "zh_corpus.txt" in card and f"{before:.2f} → {after:.2f}" in card
+    assert "huarizo extend-vocab" in card and "zh_corpus.txt" in card and f"{before:.2f} → {after:.2f}" in card
 
 
 def test_new_rows_start_as_the_mean_of_the_rows_they_replace(tiny_model_dir: Path, extended: Path) -> None:
@@ -215,14 +215,14 @@ def test_lora_with_modules_to_save_merges_and_serves_the_extended_vocabulary(
 
     # the adapter, merged onto the original (smaller) base, grows it and gives the same model
     merged = tmp_path / "merged-on-original"
-    assert main(["train", "merge-lora", "--base", str(tiny_model_dir), "--adapter", str(out / "adapter"),
+    assert main(["merge-lora", "--base", str(tiny_model_dir), "--adapter", str(out / "adapter"),
                  "--target", str(merged)]) == 0  # fmt: skip
     a, b = load_file(final / "model.safetensors"), load_file(merged / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = (final / "README.md").read_text(encoding="utf-8")
     assert "fully trained modules: ['embed_tokens', 'lm_head']" in card and "template**: chatml" in card
     card = (merged / "README.md").read_text(encoding="utf-8")
-    assert "huarizo train merge-lora" in card and "template**: chatml" in card and "modules_to_save=" in card
+    assert "huarizo merge-lora" in card and "template**: chatml" in card and "modules_to_save=" in card
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -243,7 +243,7 @@ def test_merging_an_adapter_without_embeddings_onto_the_original_base_is_refused
     )
     peft_model.save_pretrained(adapter)
     AutoTokenizer.from_pretrained(extended).save_pretrained(adapter)
-    code = main(["train", "merge-lora", "--base", str(tiny_model_dir), "--adapter", str(adapter),
+    code = main(["merge-lora", "--base", str(tiny_model_dir), "--adapter", str(adapter),
                  "--target", str(tmp_path / "m")])  # fmt: skip
     err = _error(capsys)
     assert code == 1
@@ -264,7 +264,7 @@ def test_bad_corpus_is_one_line_error(
     make: Any, message: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     corpus = make(tmp_path / "corpus.txt")
-    code = main(["train", "extend-vocab", "--base", str(tiny_model_dir), "--corpus", str(corpus), "--add", "10",
+    code = main(["extend-vocab", "--base", str(tiny_model_dir), "--corpus", str(corpus), "--add", "10",
                  "--out", str(tmp_path / "out")])  # fmt: skip
     err = _error(capsys)
     assert code == 1
@@ -277,7 +277,7 @@ def test_a_corpus_with_nothing_new_and_a_base_without_tokenizer(
 ) -> None:
     english = tmp_path / "en.txt"
     english.write_text("the the the\n", encoding="utf-8")
-    code = main(["train", "extend-vocab", "--base", str(tiny_model_dir), "--corpus", str(english), "--add", "5",
+    code = main(["extend-vocab", "--base", str(tiny_model_dir), "--corpus", str(english), "--add", "5",
                  "--out", str(tmp_path / "out"), "--min-frequency", "1000"])  # fmt: skip
     err = _error(capsys)
     assert code == 1 and "teaches no token the base tokenizer lacks" in err
@@ -286,7 +286,7 @@ def test_a_corpus_with_nothing_new_and_a_base_without_tokenizer(
     shutil.copytree(tiny_model_dir, bare)
     for f in bare.glob("tokenizer*"):
         f.unlink()
-    code = main(["train", "extend-vocab", "--base", str(bare), "--corpus", str(CORPUS), "--add", "5",
+    code = main(["extend-vocab", "--base", str(bare), "--corpus", str(CORPUS), "--add", "5",
                  "--out", str(tmp_path / "out")])  # fmt: skip
     err = _error(capsys)
     assert code == 1 and f"error: {bare}: no usable tokenizer" in err, err
@@ -295,7 +295,7 @@ def test_a_corpus_with_nothing_new_and_a_base_without_tokenizer(
 def test_cli_reports_tokens_per_han_character(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["train", "extend-vocab", "--base", str(tiny_model_dir), "--corpus", str(CORPUS), "--add", "200",
+    code = main(["extend-vocab", "--base", str(tiny_model_dir), "--corpus", str(CORPUS), "--add", "200",
                  "--out", str(tmp_path / "out"), "--eval", str(HELDOUT)])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0

@@ -13,12 +13,9 @@ from huarizo.datagen.filters import FilterFileResult, FilterResult, RecordFilter
 from huarizo.datagen.generate import DatagenResult, FailedRequest, RoundFailed, default_seeds, load_seeds, run
 from huarizo.datagen.identity import identity_conversations, write_identity
 from huarizo.datagen.rouge import (
-    CJKTokenizer,
-    DefaultTokenizer,
     Match,
     NoveltyIndex,
     novelty_filter,
-    rouge_score_filter,
 )
 from huarizo.datagen.sharegpt import (
     CleanFileResult,
@@ -31,13 +28,11 @@ from huarizo.datagen.sharegpt import (
 __version__ = "0.1.0"
 __all__ = [
     "AlpacaConfig",
-    "CJKTokenizer",
     "CleanConfig",
     "CleanFileResult",
     "CleanResult",
     "DatagenConfig",
     "DatagenResult",
-    "DefaultTokenizer",
     "FailedRequest",
     "FilterConfig",
     "FilterFileResult",
@@ -57,7 +52,6 @@ __all__ = [
     "identity_conversations",
     "load_seeds",
     "novelty_filter",
-    "rouge_score_filter",
     "run",
     "write_identity",
 ]

@@ -42,7 +42,6 @@ __all__ = [
     "lcs_length",
     "novelty_filter",
     "rouge_l_f1",
-    "rouge_score_filter",
 ]
 
 _EPS = 1e-9
@@ -175,34 +174,3 @@ def novelty_filter(
     for text in pool:
         index.add(text)
     return [index.add_if_novel(text) for text in candidates]
-
-
-def rouge_score_filter(
-    candidates: Sequence[str],
-    pool: Iterable[str] = (),
-    *,
-    threshold: float = 0.7,
-    tokenizer: RougeTokenizerName | RougeTokenizer = "default",
-) -> list[bool]:
-    """The original sequential filter through `rouge_score` itself (slow; the reference the fast one must equal).
-
-    Returns one `kept` flag per candidate.
-    """
-    from rouge_score import rouge_scorer
-
-    if tokenizer == "default":  # rouge_score's own tokenizer, not ours
-        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    else:
-        custom = rouge_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=custom)
-    tok = scorer._tokenizer
-    kept_tokens = [tok.tokenize(t) for t in pool]
-    kept = []
-    for text in candidates:
-        tokens = tok.tokenize(text)
-        scores = [rouge_scorer._score_lcs(tokens, other).fmeasure for other in kept_tokens]
-        ok = not scores or max(scores) <= threshold
-        kept.append(ok)
-        if ok:
-            kept_tokens.append(tokens)
-    return kept

@@ -46,37 +46,72 @@ def _field(cls: type[BaseModel], dotted: str) -> FieldInfo:
 
 
 def add_config_options(
-    parser: argparse.ArgumentParser, cls: type[BaseModel], fields: Sequence[str], *, config_file: bool = True
+    parser: argparse.ArgumentParser,
+    cls: type[BaseModel],
+    fields: Sequence[str],
+    *,
+    config_file: bool = True,
+    positional: str | None = None,
 ) -> None:
     """Add a command's config options: the YAML file (positional), `--set`, and one flag per field in `fields`.
 
     Flags are generated from the config class: `--api-base` for `api_base`, `--teacher-model` for `teacher.model`,
-    with the field's description and default as help; booleans get `--x / --no-x`, lists repeat the flag. Values are
+    with the field's description and default as help; booleans get `--x / --no-x`, lists take one or more values
+    (`--answers a.jsonl b.jsonl`, or the flag repeated; give the config file first). Values are
     validated by the config class itself, so a bad flag gets the same message (naming the flag) as a bad `--set`.
-    Read the result back with `config_from_args`; the precedence is file < `--set` < flags.
+    `positional` names a field given as the command's positional argument instead (`huarizo export MODEL_DIR`; a
+    list field takes one or more): such a command takes no config file. Read the result back with
+    `config_from_args`; the precedence is file < `--set` < flags.
     """
-    if config_file:
+    if positional is not None:
+        info = _field(cls, positional)
+        many = _is_list(info)
+        parser.add_argument(
+            f"cfg:{positional}", nargs="+" if many else None, metavar=positional.upper(), help=_help(info)
+        )
+    elif config_file:
         parser.add_argument("config", nargs="?", help=f"a {cls.__name__} YAML file (--set and flags override it)")
     add_set_option(parser)
-    for dotted in fields:
+    for dotted in (f for f in fields if f != positional):
         info = _field(cls, dotted)
         flag = "--" + dotted.replace(".", "-").replace("_", "-")
-        desc = info.description or ""
-        default = None if info.is_required() else info.get_default(call_default_factory=True)
-        shown = "required" if info.is_required() else f"default: {default}"
-        kwargs: dict[str, Any] = {"dest": f"cfg:{dotted}", "default": None, "help": f"{desc} ({shown})".strip()}
-        origin = get_origin(info.annotation) or info.annotation
-        args = [a for a in get_args(info.annotation) if a is not type(None)]
+        kwargs: dict[str, Any] = {"dest": f"cfg:{dotted}", "default": None, "help": _help(info)}
+        choices = _choices(info)
         if info.annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin is list or (args and get_origin(args[0]) is list):
-            kwargs.update(action="append", metavar="VALUE")
-        elif origin is Literal or (args and get_origin(args[0]) is Literal):
-            choices = get_args(info.annotation) if origin is Literal else get_args(args[0])
-            kwargs["choices"] = [str(c) for c in choices]
+        elif _is_list(info):
+            kwargs.update(action="extend", nargs="+", metavar=dotted.rsplit(".", 1)[-1].upper())
+        elif choices is not None:
+            kwargs["choices"] = choices
         else:
             kwargs["metavar"] = dotted.rsplit(".", 1)[-1].upper()
         parser.add_argument(flag, **kwargs)
+
+
+def _help(info: FieldInfo) -> str:
+    """A field's description and its default (or `required`), for `--help`."""
+    if info.is_required():
+        shown = "required"
+    else:
+        default = info.get_default(call_default_factory=True)
+        shown = "default: none" if default in (None, [], {}) else f"default: {default}"
+    return f"{info.description or ''} ({shown})".strip()
+
+
+def _is_list(info: FieldInfo) -> bool:
+    origin = get_origin(info.annotation) or info.annotation
+    args = [a for a in get_args(info.annotation) if a is not type(None)]
+    return origin is list or bool(args and get_origin(args[0]) is list)
+
+
+def _choices(info: FieldInfo) -> list[str] | None:
+    origin = get_origin(info.annotation) or info.annotation
+    args = [a for a in get_args(info.annotation) if a is not type(None)]
+    if origin is Literal:
+        return [str(c) for c in get_args(info.annotation)]
+    if args and get_origin(args[0]) is Literal:
+        return [str(c) for c in get_args(args[0])]
+    return None
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:

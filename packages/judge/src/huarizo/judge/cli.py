@@ -172,8 +172,7 @@ def register(sub: Any) -> None:
     p = jsub.add_parser(
         "score", help="score existing judgments (AlpacaEval, FastChat, Huarizo, arena votes): summary and report"
     )
-    p.add_argument("cfg:files", nargs="+", metavar="FILE", help=ScoreConfig.model_fields["files"].description)
-    add_config_options(p, ScoreConfig, _SCORE, config_file=False)
+    add_config_options(p, ScoreConfig, _SCORE, positional="files")
     p.set_defaults(func=_score)
 
     p = jsub.add_parser("harness", help="multiple-choice benchmarks through lm-evaluation-harness (extra [harness])")

@@ -129,7 +129,7 @@ def merge_card(base: str, adapter: str | os.PathLike[str], folder: str | os.Path
         template = mark[1].split(" ", 1)[0] if len(mark) == 2 else "the tokenizer's chat template"
     return ModelCard(
         title=f"{Path(folder).name}: {base} + LoRA",
-        made_by="huarizo train merge-lora",
+        made_by="huarizo merge-lora",
         base=base,
         template=template,
         notes=notes,

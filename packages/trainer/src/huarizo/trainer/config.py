@@ -1,9 +1,12 @@
-"""`TrainConfig`: everything one fine-tuning run needs, loaded from YAML with `--set` overrides."""
+"""The configs of the trainer's commands, loaded from YAML, `--set` and flags (in that order of precedence):
+`TrainConfig` (everything one fine-tuning run needs), and one per weights command: `MergeConfig` (`huarizo
+merge-lora`), `ApplyDeltaConfig` / `MakeDeltaConfig` (`huarizo apply-delta` / `make-delta`), `VocabConfig` (`huarizo
+extend-vocab`) and `ExportConfig` (`huarizo export`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator, model_validator
 
@@ -11,14 +14,14 @@ from huarizo.formats import HuarizoConfig
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(_Section):
     """What to fine-tune."""
 
     ref: str = "tiny"
-    """`embedded`, `tiny`, a local Hugging Face folder, or a hub id."""
+    """The model to fine-tune: `embedded`, `tiny`, a local Hugging Face folder, a `.gguf` file, or a hub id."""
     tokenizer: str | None = None
     """Where the tokenizer comes from (default: `ref`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
@@ -34,7 +37,7 @@ class ModelConfig(_Section):
     (default: looked up from `ref`)."""
     new_tokens_only: bool = Field(
         default=False,
-        description="train only the input and output embedding rows of the tokens `huarizo train extend-vocab` "
+        description="train only the input and output embedding rows of the tokens `huarizo extend-vocab` "
         "added (read from the model folder's huarizo_vocab.json); every other weight stays frozen",
     )
 
@@ -59,6 +62,7 @@ class DataConfig(_Section):
     """Prompt template (`huarizo.formats.list_templates()`); `mixed` / `mixed:SEED` is Self-Instruct style layout
     augmentation (one seeded layout per record)."""
     max_length: int = Field(default=512, ge=8)
+    """Longest sample in tokens (longer records are cut; a record with no trained token left is dropped)."""
     eval_fraction: float = Field(default=0.0, ge=0, lt=1)
     """Share of the records held out for eval loss."""
 
@@ -88,7 +92,9 @@ class OptimConfig(_Section):
     """Optimiser and schedule (defaults: the Alpaca recipe)."""
 
     lr: float = Field(default=2e-5, gt=0)
+    """Peak learning rate (AdamW)."""
     epochs: float = Field(default=3.0, gt=0)
+    """Passes over the training data."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimiser steps (overrides `epochs`)."""
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
@@ -105,6 +111,7 @@ class DeepSpeedConfig(_Section):
     """DeepSpeed settings used to generate a ds_config (or a user's file)."""
 
     stage: Literal[0, 1, 2, 3] = 2
+    """ZeRO stage: 0 (plain data parallel), 1 (optimiser states sharded), 2 (+ gradients), 3 (+ parameters)."""
     offload_optimizer: bool = False
     offload_params: bool = False
     config_file: FilePath | None = None
@@ -126,6 +133,7 @@ class LoraConfig(_Section):
     """LoRA via peft; `final/` gets the merged model, `final/adapter/` the adapter."""
 
     enabled: bool = False
+    """Train a LoRA adapter instead of every weight."""
     r: int = Field(default=8, ge=1)
     alpha: int = Field(default=16, ge=1)
     dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -158,7 +166,10 @@ class OutputConfig(_Section):
 class TrainConfig(HuarizoConfig):
     """A supervised fine-tuning run: `huarizo train CONFIG.yaml` or `huarizo.trainer.train(cfg)`."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     output_dir: Path = Path("runs/train")
+    """The run folder: checkpoints, metrics.jsonl, the loss plot and the final model (`final/`)."""
     model: ModelConfig = Field(default_factory=lambda: ModelConfig())
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     batching: BatchingConfig = Field(default_factory=lambda: BatchingConfig())
@@ -185,3 +196,72 @@ class TrainConfig(HuarizoConfig):
                 f"({self.data.max_length})"
             )
         return self
+
+
+QuantType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+QUANT_TYPES: tuple[str, ...] = get_args(QuantType)
+"""GGUF tensor types `huarizo export` writes."""
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class MergeConfig(HuarizoConfig):
+    """`huarizo merge-lora`: merge a LoRA adapter into its base model and write a model folder."""
+
+    base: str = Field(description="base model reference (folder, hub id, tiny, embedded)")
+    adapter: str = Field(description="the LoRA adapter folder (output_dir/final/adapter)")
+    target: str = Field(description="folder to write the merged model into")
+    dtype: DType = Field("float32", description="dtype of the merged weights")
+
+
+class ApplyDeltaConfig(HuarizoConfig):
+    """`huarizo apply-delta`: Vicuna-style delta weights, target = base + delta, streamed tensor by tensor (peak
+    memory about one output shard and two tensors)."""
+
+    base: str = Field(description="base model reference")
+    delta: str = Field(description="delta weights (folder or hub id)")
+    target: str = Field(description="folder to write the patched model into")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the result (auto: each tensor's own)"
+    )
+    max_shard_size: str = Field("1GB", description="largest output shard, e.g. 500MB, 2GB")
+
+
+class MakeDeltaConfig(HuarizoConfig):
+    """`huarizo make-delta`: publish delta weights, delta = target - base, streamed tensor by tensor."""
+
+    base: str = Field(description="base model reference")
+    target: str = Field(description="the tuned model")
+    delta: str = Field(description="folder to write the delta weights into")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the result (auto: each tensor's own)"
+    )
+    max_shard_size: str = Field("1GB", description="largest output shard, e.g. 500MB, 2GB")
+
+
+class VocabConfig(HuarizoConfig):
+    """`huarizo extend-vocab`: learn new tokens on a corpus (BPE), add them to the base tokenizer without changing any
+    existing id, resize the embeddings (new rows: the mean of the rows they replace), write a model folder."""
+
+    base: str = Field(description="base model reference (folder, tiny, embedded, hub id)")
+    corpus: list[str] = Field(min_length=1, description="UTF-8 text files to learn tokens on")
+    add: int = Field(ge=1, description="most tokens to add")
+    out: str = Field(description="folder to write the extended model into")
+    min_frequency: int = Field(2, ge=1, description="a new piece occurs at least this many times in the corpus")
+    eval: list[str] = Field(default_factory=list, description="also report tokens per Han character on these files")
+
+    @field_validator("corpus", "eval", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str | Path) else v
+
+
+class ExportConfig(HuarizoConfig):
+    """`huarizo export`: write a model folder as GGUF (llama.cpp, Ollama) with its chat template and end-of-turn
+    token, and an Ollama Modelfile beside it."""
+
+    model: str = Field(description="the model folder (e.g. runs/x/final)")
+    out: str = Field(description="the GGUF file to write")
+    format: Literal["gguf"] = Field("gguf", description="output format")
+    type: QuantType = Field("f16", description="tensor type of the matrices")
+    template: str | None = Field(None, description="chat template to embed (none: the folder's own, else alpaca)")
+    modelfile: bool = Field(True, description="write the Ollama Modelfile beside the GGUF file")

@@ -328,7 +328,7 @@ def apply_delta(
     out = Path(target)
     with atomic_folder(out) as tmp:
         n, size = _stream(delta_w, base_w, tmp, torch.add, dtype, max_shard_size, progress)
-        _finish(tmp, delta_w, base, f"{out.name}: {base} + delta {delta}", "huarizo train apply-delta", n, size)
+        _finish(tmp, delta_w, base, f"{out.name}: {base} + delta {delta}", "huarizo apply-delta", n, size)
     return out
 
 
@@ -354,7 +354,7 @@ def make_delta(
             target_w,
             base,
             f"{out.name}: delta weights of {target} over {base}",
-            "huarizo train make-delta",
+            "huarizo make-delta",
             n,
             size,
         )

@@ -33,8 +33,8 @@ from huarizo.formats import (
     write_text_atomic,
 )
 from huarizo.formats.models import resolve_model
+from huarizo.trainer.config import QUANT_TYPES
 
-QUANT_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 """Tensor types `export_gguf` writes (the block-quantized ones are those the `gguf` package can quantize)."""
 DEFAULT_TEMPLATE = "alpaca"
 """The template of a model folder without a chat template (as `huarizo serve` does)."""
@@ -314,7 +314,7 @@ def write_modelfile(path: Path, gguf_file: Path, template: Template, eos: str, b
     """An Ollama Modelfile: `FROM` the GGUF next to it, the template as Go `TEMPLATE`, one `PARAMETER stop` per
     stop string."""
     lines = [
-        f"# Ollama Modelfile written by `huarizo train export` (template: {template.name})",
+        f"# Ollama Modelfile written by `huarizo export` (template: {template.name})",
         f"# ollama create NAME -f {path.name}",
         f"FROM ./{gguf_file.name}",
     ]

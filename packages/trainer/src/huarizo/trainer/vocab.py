@@ -323,7 +323,7 @@ def _write_record(
         ModelCard(
             title=f"{result.folder.name}: {base} with {n} new tokens",
             base=str(base),
-            made_by="huarizo train extend-vocab",
+            made_by="huarizo extend-vocab",
             data=[f"{f} (sha256 {_digest(Path(f))})" for f in corpus],
             template="the base tokenizer's chat template" if chat else None,
             metrics={
@@ -392,8 +392,7 @@ def new_token_ids(folder: str | os.PathLike[str]) -> range:
     record = Path(folder) / VOCAB_RECORD
     if not record.is_file():
         raise VocabError(
-            f"{folder}: no {VOCAB_RECORD}; training only the new rows needs a folder written by "
-            "`huarizo train extend-vocab`"
+            f"{folder}: no {VOCAB_RECORD}; training only the new rows needs a folder written by `huarizo extend-vocab`"
         )
     data = json.loads(record.read_text(encoding="utf-8"))
     first, n = int(data["first_new_id"]), int(data["added"])
@@ -418,7 +417,7 @@ def train_new_rows_only(model: Any, new_ids: range) -> None:
 
 
 def vocab_summary(result: VocabResult) -> str:
-    """The lines `huarizo train extend-vocab` prints."""
+    """The lines `huarizo extend-vocab` prints."""
     lines = [
         f"added {len(result.added)} tokens (ids {result.new_ids.start}-{result.new_ids.stop - 1}) to {result.folder}",
         f"tokens per Han character on the corpus: {result.tokens_per_han_before:.2f} → "

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from huarizo.formats.testing import Reply, prompt_text
+from huarizo.formats.testing.server import Reply, prompt_text
 
 _CONV = re.compile(r"<conversation with assistant ([AB])>\n(.*?)\n</conversation with assistant \1>", re.S)
 _TURN = re.compile(r"### Assistant(?: [AB])? \(turn (\d+)\)\n")

@@ -14,7 +14,7 @@ import random
 import re
 from typing import Any
 
-from huarizo.formats.testing import prompt_text
+from huarizo.formats.testing.server import prompt_text
 
 VERBS = [
     "Write",
