@@ -6,8 +6,9 @@ This module is formats' public surface; sibling packages import nothing else fro
   evaluation sets (`evalsets`: questions and answers in the Vicuna-80, MT-bench, AlpacaEval and Self-Instruct
   layouts), prompt templates (`templates`), tokenization with verified loss masks (`masking`), and exact
   ROUGE-L (`rouge`);
-- the base every command builds on: configs (`config`), options generated from them (`cli`), user-facing errors
-  (`errors`), the endpoint config for models reached over HTTP (`endpoint`), what a stage returns (`results`);
+- the base every command builds on: configs (`config`), options generated from them (`cli`), progress bars
+  (`progress`), user-facing errors (`errors`), the endpoint config for models reached over HTTP (`endpoint`), what
+  a stage returns (`results`);
 - behind extras: `huarizo.formats.llm` (the litellm client), `huarizo.formats.models` (model references and
   loading, the tiny test model) and `huarizo.formats.testing` (test stand-ins).
 """
@@ -48,6 +49,7 @@ from huarizo.formats.masking import (
     tokenize_conversation,
     tokenize_conversations,
 )
+from huarizo.formats.progress import ProgressBar
 from huarizo.formats.results import StageResult
 from huarizo.formats.rouge import (
     CJKTokenizer,
@@ -105,6 +107,7 @@ __all__ = [
     "Message",
     "OpenAIConversation",
     "OpenAIMessage",
+    "ProgressBar",
     "Question",
     "QuestionSet",
     "RawRecord",
