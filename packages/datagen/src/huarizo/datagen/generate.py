@@ -25,17 +25,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from huarizo.datagen import prompts as P
+from huarizo.datagen import prompts
 from huarizo.datagen.config import DatagenConfig
 from huarizo.datagen.filters import RecordFilter
 from huarizo.formats import (
     AlpacaRecord,
     HuarizoError,
     JsonlAppender,
+    ProgressBar,
     SeedTask,
     StageResult,
     load,
@@ -119,6 +120,22 @@ class _Call:
     error: str = ""
 
 
+class _Proposed(NamedTuple):
+    """An instruction the teacher proposed, and the call that proposed it."""
+
+    text: str
+    call: _Call
+
+
+class _Classified(NamedTuple):
+    """A proposed instruction and whether it is a classification task (the calls that said so)."""
+
+    text: str
+    proposed_by: _Call
+    classified_by: _Call
+    is_classification: bool
+
+
 @dataclass
 class _Outcome:
     kept: list[dict[str, Any]] = field(default_factory=list)
@@ -147,7 +164,7 @@ class _Generator:
             self._machine_set.add(ins)
             self.machine.append(ins)
 
-    async def ask(self, stage: str, prompt_id: str, prompt: P.Prompt, **params: Any) -> _Call:
+    async def ask(self, stage: str, prompt_id: str, prompt: prompts.Prompt, **params: Any) -> _Call:
         content: Any = prompt.text if not self.chat else [{"role": "user", "content": prompt.text}]
         params = {**self.params, "stop": prompt.stop, **params}
         h = request_hash(self.client.model, self.client.payload(content, **params))
@@ -172,13 +189,13 @@ class _Generator:
             "steps": [{"stage": c.stage, "prompt_id": c.prompt_id, "request_hash": c.request_hash} for c in calls],
         }
 
-    def _parse(self, call: _Call, parse: Callable[..., P.Parsed[Any]]) -> P.Parsed[Any]:
+    def _parse(self, call: _Call, parse: Callable[..., prompts.Parsed[Any]]) -> prompts.Parsed[Any]:
         """What a call's reply parses into (`parse(text, truncated=, chat=)`)."""
         r = call.response
         assert r is not None  # failed calls stop the round before their replies are parsed
         return parse(r.text, truncated=r.finish_reason == "length", chat=self.chat)
 
-    def _drop(self, rnd: int, calls: list[_Call], drop: P.Drop, instruction: str = "") -> dict[str, Any]:
+    def _drop(self, rnd: int, calls: list[_Call], drop: prompts.Drop, instruction: str = "") -> dict[str, Any]:
         """A rejects line for a task the teacher wrote that cannot be used."""
         return {
             "instruction": drop.instruction or instruction,
@@ -194,7 +211,7 @@ class _Generator:
     ) -> list[dict[str, Any]]:
         """Rejects lines for the (instruction, input, output) items of a reply beyond the number asked for."""
         return [
-            self._drop(rnd, calls, P.Drop("over-limit", *item, f"{what} beyond the {limit} asked for"))
+            self._drop(rnd, calls, prompts.Drop("over-limit", *item, f"{what} beyond the {limit} asked for"))
             for item in items[limit:]
         ]
 
@@ -205,8 +222,8 @@ class _Generator:
         plans = [
             rng.sample(self.seeds, min(a.seed_examples, len(self.seeds))) for _ in range(self.cfg.requests_per_round)
         ]
-        prompts = [P.alpaca_batch_prompt(ex, a.tasks_per_request, self.chat) for ex in plans]
-        return plans, asyncio.gather(*(self.ask("alpaca-batch", P.ALPACA_BATCH, p) for p in prompts))
+        batches = [prompts.alpaca_batch_prompt(ex, a.tasks_per_request, self.chat) for ex in plans]
+        return plans, asyncio.gather(*(self.ask("alpaca-batch", prompts.ALPACA_BATCH, p) for p in batches))
 
     async def alpaca_round(self, rnd: int, prefetch: bool = False) -> _Outcome:
         # An Alpaca round's prompts depend only on the seed and the round number, so the next round's requests can
@@ -220,7 +237,7 @@ class _Generator:
             return out
         candidates: list[dict[str, Any]] = []
         for examples, call in zip(plans, calls, strict=True):
-            parsed = self._parse(call, partial(P.parse_alpaca_batch, first=len(examples) + 1))
+            parsed = self._parse(call, partial(prompts.parse_alpaca_batch, first=len(examples) + 1))
             out.rejected += [self._drop(rnd, [call], d) for d in parsed.dropped]
             prov = self.provenance(rnd, [call])
             candidates += [
@@ -234,9 +251,27 @@ class _Generator:
 
     # -- Self-Instruct -------------------------------------------------------------------------------------------
     async def self_instruct_round(self, rnd: int, rng: random.Random) -> _Outcome:
-        """Instructions, then classification, then instances; a stage with a failed request ends the round."""
-        si = self.cfg.self_instruct
+        """Self-Instruct's three stages: propose instructions, classify them, make their instances; a stage with a
+        failed request ends the round."""
         out = _Outcome()
+        proposed = await self._propose(out, rnd, rng)
+        if out.failed:
+            return out
+        classified = await self._classify(out, proposed, rng)
+        if out.failed:
+            return out
+        candidates = await self._make_instances(out, rnd, classified, rng)
+        if out.failed:
+            return out
+        # Instructions passed the ROUGE-L check when proposed; instance checks (empty, duplicate, conflict) run here.
+        result = self.filter.filter(candidates)
+        out.kept, out.rejected = result.kept, out.rejected + [rej.to_json() for rej in result.rejected]
+        return out
+
+    async def _propose(self, out: _Outcome, rnd: int, rng: random.Random) -> list[_Proposed]:
+        """New instructions from prompts showing human (seed) and machine (generated) examples; those too close to
+        the pool (ROUGE-L) or beyond the number asked for are rejected."""
+        si = self.cfg.self_instruct
         plans = []
         for _ in range(self.cfg.requests_per_round):
             n_machine = min(si.machine_examples, len(self.machine))
@@ -247,71 +282,71 @@ class _Generator:
             ex += rng.sample(self.machine, n_machine)
             rng.shuffle(ex)
             plans.append(ex)
-        gen = await self._stage(
-            out,
-            [
-                ("instructions", P.SI_INSTRUCTIONS, P.instructions_prompt(ex, si.instructions_per_request, self.chat))
-                for ex in plans
-            ],
-        )
+        n = si.instructions_per_request
+        asks = [
+            ("instructions", prompts.SI_INSTRUCTIONS, prompts.instructions_prompt(ex, n, self.chat)) for ex in plans
+        ]
+        calls = await self._stage(out, asks)
         if out.failed:
-            return out
-        new: list[tuple[str, _Call]] = []
-        for ex, call in zip(plans, gen, strict=True):
-            parsed = self._parse(call, partial(P.parse_instructions, first=len(ex) + 1))
+            return []
+        new: list[_Proposed] = []
+        for ex, call in zip(plans, calls, strict=True):
+            parsed = self._parse(call, partial(prompts.parse_instructions, first=len(ex) + 1))
             out.rejected += [self._drop(rnd, [call], d) for d in parsed.dropped]
-            out.rejected += self._over(
-                rnd, [call], [(t, "", "") for t in parsed.items], si.instructions_per_request, "instructions"
-            )
-            new += [(t, call) for t in parsed.items[: si.instructions_per_request]]
-        verdicts = self.filter.filter_instructions([t for t, _ in new])
+            out.rejected += self._over(rnd, [call], [(t, "", "") for t in parsed.items], n, "instructions")
+            new += [_Proposed(t, call) for t in parsed.items[:n]]
         survivors = []
-        for (text, call), rej in zip(new, verdicts, strict=True):
+        for proposed, rej in zip(new, self.filter.filter_instructions([p.text for p in new]), strict=True):
             if rej is None:
-                survivors.append((text, call))
+                survivors.append(proposed)
             else:
-                row = {**rej.to_json(), "input": "", "output": "", "provenance": self.provenance(rnd, [call])}
+                row = {**rej.to_json(), "input": "", "output": "", "provenance": self.provenance(rnd, [proposed.call])}
                 out.rejected.append(row)
-        cls_examples = self._classify_examples(rng)
-        classify = await self._stage(
-            out,
-            [("classify", P.SI_CLASSIFY, P.classify_prompt(cls_examples, t, self.chat)) for t, _ in survivors],
-            max_tokens=3,
-            temperature=0.0,
-        )
-        if out.failed:
-            return out
-        is_cls = [c.response is not None and P.parse_classify(c.response.text) is True for c in classify]
-        inst_calls = await self._stage(
-            out,
-            [
-                (
-                    "instances",
-                    P.SI_OUTPUT_FIRST if c else P.SI_INPUT_FIRST,
-                    P.instances_prompt(self._instance_examples(rng, c), t, c, si.max_instances, self.chat),
-                )
-                for (t, _), c in zip(survivors, is_cls, strict=True)
-            ],
-        )
-        if out.failed:
-            return out
-        candidates = []
-        for (text, gen_call), cls_call, inst_call, c in zip(survivors, classify, inst_calls, is_cls, strict=True):
-            calls = [gen_call, cls_call, inst_call]
-            parsed = self._parse(inst_call, partial(P.parse_instances, output_first=c))
-            out.rejected += [self._drop(rnd, calls, d, instruction=text) for d in parsed.dropped]
-            out.rejected += self._over(rnd, calls, [(text, *p) for p in parsed.items], si.max_instances, "instances")
-            prov = {**self.provenance(rnd, calls), "is_classification": c}
-            candidates += [
-                {"instruction": text, "input": i, "output": o, "provenance": prov}
-                for i, o in parsed.items[: si.max_instances]
-            ]
-        # Instructions passed the ROUGE-L check above; instance checks (empty, duplicate, conflict) run here.
-        result = self.filter.filter(candidates)
-        out.kept, out.rejected = result.kept, out.rejected + [rej.to_json() for rej in result.rejected]
-        return out
+        return survivors
 
-    async def _stage(self, out: _Outcome, asks: list[tuple[str, str, P.Prompt]], **params: Any) -> list[_Call]:
+    async def _classify(self, out: _Outcome, proposed: list[_Proposed], rng: random.Random) -> list[_Classified]:
+        """Whether each instruction is a classification task (which decides how its instances are asked for)."""
+        examples = self._classify_examples(rng)
+        asks = [
+            ("classify", prompts.SI_CLASSIFY, prompts.classify_prompt(examples, p.text, self.chat)) for p in proposed
+        ]
+        calls = await self._stage(out, asks, max_tokens=3, temperature=0.0)
+        return [
+            _Classified(p.text, p.call, c, c.response is not None and prompts.parse_classify(c.response.text) is True)
+            for p, c in zip(proposed, calls, strict=True)
+        ]
+
+    async def _make_instances(
+        self, out: _Outcome, rnd: int, classified: list[_Classified], rng: random.Random
+    ) -> list[dict[str, Any]]:
+        """Input/output instances of each instruction (output first for classification tasks): the candidates."""
+        n = self.cfg.self_instruct.max_instances
+        asks = [
+            (
+                "instances",
+                prompts.SI_OUTPUT_FIRST if c.is_classification else prompts.SI_INPUT_FIRST,
+                prompts.instances_prompt(
+                    self._instance_examples(rng, c.is_classification), c.text, c.is_classification, n, self.chat
+                ),
+            )
+            for c in classified
+        ]
+        inst_calls = await self._stage(out, asks)
+        if out.failed:
+            return []
+        candidates = []
+        for c, inst_call in zip(classified, inst_calls, strict=True):
+            calls = [c.proposed_by, c.classified_by, inst_call]
+            parsed = self._parse(inst_call, partial(prompts.parse_instances, output_first=c.is_classification))
+            out.rejected += [self._drop(rnd, calls, d, instruction=c.text) for d in parsed.dropped]
+            out.rejected += self._over(rnd, calls, [(c.text, *p) for p in parsed.items], n, "instances")
+            prov = {**self.provenance(rnd, calls), "is_classification": c.is_classification}
+            candidates += [
+                {"instruction": c.text, "input": i, "output": o, "provenance": prov} for i, o in parsed.items[:n]
+            ]
+        return candidates
+
+    async def _stage(self, out: _Outcome, asks: list[tuple[str, str, prompts.Prompt]], **params: Any) -> list[_Call]:
         """Send one stage's requests together; failed ones are noted in `out`."""
         calls = await asyncio.gather(*(self.ask(stage, pid, prompt, **params) for stage, pid, prompt in asks))
         out.requested += len(calls)
@@ -335,7 +370,7 @@ def _fingerprint(cfg: DatagenConfig, seeds_path: Path) -> dict[str, Any]:
     data = cfg.model_dump(mode="json", exclude=_RESUMABLE_KEYS)
     data["teacher"] = {k: v for k, v in data["teacher"].items() if k not in _TEACHER_RESUMABLE}
     data["seeds"] = hashlib.sha256(seeds_path.read_bytes()).hexdigest()
-    data["prompts"] = list(P.PROMPT_IDS)
+    data["prompts"] = list(prompts.PROMPT_IDS)
     return data
 
 
@@ -425,28 +460,12 @@ async def _rounds(
             else:
                 outcome = await gen.self_instruct_round(rnd, random.Random(f"{cfg.seed}:{rnd}"))
             if outcome.failed:  # not committed: the rerun replays this round and retries what failed
-                failed = [FailedRequest(round=rnd, stage=c.stage, prompt_id=c.prompt_id, request_hash=c.request_hash,
-                                        error=c.error) for c in outcome.failed]  # fmt: skip
                 await _drain(gen)
-                line = {
-                    "round": None,
-                    "incomplete": rnd,
-                    "requested": outcome.requested,
-                    "failed": len(failed),
-                    **_usage_delta(before, _usage_snapshot(client)),
-                    "failed_requests": [f.model_dump() for f in failed],
-                }
+                failed, line = _failed_round(rnd, outcome, _usage_delta(before, _usage_snapshot(client)))
                 journal.append([line])
                 done.append(line)
                 break
-            accepted = [AlpacaRecord.model_validate(r).to_json() for r in outcome.kept]
-            room = cfg.num_records - kept_total
-            kept = accepted[:room]
-            surplus = [
-                {**r, "reason": "surplus", "detail": f"kept by the filter beyond num_records={cfg.num_records}"}
-                for r in accepted[room:]
-            ]
-            rejected = outcome.rejected + surplus
+            kept, rejected = _split_surplus(outcome, cfg.num_records - kept_total, cfg.num_records)
             records.append(kept)
             rejects.append(rejected)
             for rec in kept:
@@ -471,6 +490,32 @@ async def _rounds(
         done.append(line)
     await client.aclose()
     return failed
+
+
+def _failed_round(rnd: int, outcome: _Outcome, usage: dict[str, Any]) -> tuple[list[FailedRequest], dict[str, Any]]:
+    """The failed requests of a round that is not committed, and its `rounds.jsonl` line (`round: null`)."""
+    failed = [
+        FailedRequest(round=rnd, stage=c.stage, prompt_id=c.prompt_id, request_hash=c.request_hash, error=c.error)
+        for c in outcome.failed
+    ]
+    line = {
+        "round": None,
+        "incomplete": rnd,
+        "requested": outcome.requested,
+        "failed": len(failed),
+        **usage,
+        "failed_requests": [f.model_dump() for f in failed],
+    }
+    return failed, line
+
+
+def _split_surplus(outcome: _Outcome, room: int, wanted: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(kept, rejected) of a round: records the filter kept beyond the `room` left are rejected as surplus."""
+    accepted = [AlpacaRecord.model_validate(r).to_json() for r in outcome.kept]
+    surplus = [
+        {**r, "reason": "surplus", "detail": f"kept by the filter beyond num_records={wanted}"} for r in accepted[room:]
+    ]
+    return accepted[:room], outcome.rejected + surplus
 
 
 async def _drain(gen: _Generator) -> None:
@@ -567,21 +612,9 @@ class _Progress:
         self.rejected = sum(d.get("rejected", 0) for d in done)
         self.cost = sum(d.get("cost", 0.0) for d in done)
         self.requests = 0
-        self.bar: Any = None
-        if not cfg.progress:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]datagen[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            transient=False,
+        self.bar = ProgressBar(
+            "datagen", cfg.num_records, enabled=cfg.progress, completed=kept, unit="records", info=self._info()
         )
-        self.task = self.bar.add_task("datagen", total=cfg.num_records, completed=kept, info=self._info())
-        self.bar.start()
 
     def _info(self) -> str:
         return f"kept {self.kept}  rejected {self.rejected}  requests {self.requests}  cost ${self.cost:.4f}"
@@ -597,11 +630,9 @@ class _Progress:
         self._show()
 
     def _show(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.kept, info=self._info())
+        self.bar.update(completed=self.kept, info=self._info())
         if self.callback is not None:
             self.callback(self.kept, self.target, self._info())
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.close()

@@ -151,7 +151,7 @@ def _length_fn(tokenizer: str | None) -> Callable[[list[str]], list[int]]:
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise HuarizoError("--tokenizer needs transformers: pip install transformers") from None
+        raise HuarizoError("--tokenizer needs transformers: pip install 'huarizo-datagen[tokenizers]'") from None
     tok = AutoTokenizer.from_pretrained(tokenizer)
     return lambda texts: [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
