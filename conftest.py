@@ -20,7 +20,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with a tokenizer trained on the spot, written once per test session."""
+    """A tiny random Llama with a tokenizer trained on the spot, written once per test session (tests using it skip
+    where torch is not installed: the torch-free sessions of datagen and judge)."""
+    pytest.importorskip("torch", reason="torch is not installed (huarizo-formats[models])")
     from huarizo.formats.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

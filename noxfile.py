@@ -13,6 +13,8 @@ nox.options.sessions = ["tests"]
 
 PACKAGES = ["formats", "datagen", "trainer", "judge", "serve", "pipeline"]
 LOCAL_DEPS = {"pipeline": ["datagen", "trainer", "judge", "serve"]}  # Huarizo packages a package needs, not on PyPI
+TORCH_FREE = {"datagen", "judge"}  # their sessions install no torch, which shows that they need none
+NO_TORCH = "import importlib.util, sys; sys.exit('torch is installed' if importlib.util.find_spec('torch') else 0)"
 TORCH = "torch==2.13.0"  # a local CPU wheel; an unpinned torch pulls a multi-GB CUDA build
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
 
@@ -26,15 +28,20 @@ def _install_all(session: nox.Session, extras: str | None = "test") -> None:
 def tests(session: nox.Session) -> None:
     """All packages installed together; pytest over every package's tests (slow tests need `-m slow`)."""
     _install_all(session)
+    session.install("./packages/judge[test,harness]")  # the lm-evaluation-harness bridge is tested here
     args = session.posargs or ["-m", "not slow"]
     session.run("pytest", *[f"packages/{p}/tests" for p in PACKAGES], *args, env=ENV)
 
 
 def _test_one(session: nox.Session, package: str) -> None:
-    session.install(TORCH)
-    local = ["./packages/formats[test]"] if package != "formats" else []
+    torch_free = package in TORCH_FREE
+    if not torch_free:
+        session.install(TORCH)
+    local = ["./packages/formats[llm]" if torch_free else "./packages/formats[test]"] if package != "formats" else []
     local += [f"./packages/{dep}" for dep in LOCAL_DEPS.get(package, [])]
     session.install(*local, f"./packages/{package}[test]")
+    if torch_free:  # the proof: the package and its tests installed, and torch did not come with them
+        session.run("python", "-c", NO_TORCH)
     session.run("pytest", f"packages/{package}/tests", *(session.posargs or ["-m", "not slow"]), env=ENV)
 
 

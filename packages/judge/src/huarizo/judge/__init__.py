@@ -3,9 +3,9 @@ read from token probabilities or text), score existing judgments, audit the judg
 standard errors and confidence intervals."""
 
 from huarizo.judge.answer import answer, ended_by_itself, ending_counts
-from huarizo.judge.config import AnswerConfig, GradeConfig, ScoreConfig
+from huarizo.judge.config import AnswerConfig, GradeConfig, HarnessConfig, ScoreConfig
 from huarizo.judge.grade import grade
-from huarizo.judge.harness import HarnessConfig, harness, write_choice_task
+from huarizo.judge.harness import harness, write_choice_task
 from huarizo.judge.judgments import Judgment
 from huarizo.judge.labels import Label, load_labels
 from huarizo.judge.metrics import metric_path

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats import JsonlAppender, Question, load_questions, write_records
+from huarizo.formats import JsonlAppender, ProgressBar, Question, load_questions, write_records
 from huarizo.formats import cache_dir as huarizo_cache
 from huarizo.formats.llm import LLMClient, LLMError
 from huarizo.judge.config import AnswerConfig
@@ -155,9 +155,7 @@ async def _run(
     progress: bool,
     on_answer: Callable[[], None] | None,
 ) -> list[str]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), desc=f"answering ({model_id})", unit="q", disable=None if progress else True)
+    bar = ProgressBar(f"answering ({model_id})", len(todo), enabled=progress, unit="questions")
     failures: list[str] = []
 
     async def job(q: Question) -> None:
@@ -169,7 +167,7 @@ async def _run(
         if fingerprint:
             rec["fingerprint"] = fingerprint
         app.append([rec])  # one whole line per question, written as soon as it is complete
-        bar.update(1)
+        bar.advance()
         if on_answer is not None:
             on_answer()
 

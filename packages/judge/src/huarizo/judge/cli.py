@@ -143,7 +143,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _harness(args: argparse.Namespace) -> int:
-    from huarizo.judge.harness import HarnessConfig, harness
+    from huarizo.judge.config import HarnessConfig
+    from huarizo.judge.harness import harness
 
     cfg = config_from_args(HarnessConfig, args)
     for task, metrics in harness(cfg).items():
@@ -153,8 +154,7 @@ def _harness(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Register `huarizo judge` and its subcommands."""
-    from huarizo.judge.config import AnswerConfig, GradeConfig, ScoreConfig
-    from huarizo.judge.harness import HarnessConfig
+    from huarizo.judge.config import AnswerConfig, GradeConfig, HarnessConfig, ScoreConfig
 
     judge = sub.add_parser("judge", help="answer question sets, grade answers with an LLM judge, run benchmarks")
     jsub = judge.add_subparsers(dest="judge_command", metavar="SUBCOMMAND", required=True)

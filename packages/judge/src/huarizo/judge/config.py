@@ -1,5 +1,5 @@
-"""The configs of `huarizo judge answer | grade | score`: pydantic models loaded from YAML, `--set` and flags (in that
-order of precedence), and the arguments of `answer()`, `grade()` and `score()`.
+"""The configs of `huarizo judge answer | grade | score | harness`: pydantic models loaded from YAML, `--set` and flags
+(in that order of precedence), and the arguments of `answer()`, `grade()`, `score()` and `harness()`.
 
 Models reached over HTTP (the answering model, the judge) are `huarizo.formats.EndpointConfig` sections: the litellm
 model, `api_base`, the *name* of the environment variable holding the key (never the key), concurrency, request
@@ -117,3 +117,24 @@ class ScoreConfig(HuarizoConfig):
     plots: bool = Field(True, description="draw PNG plots into the report")
 
     _lists = field_validator("files", "labels", mode="before")(_listify)
+
+
+class HarnessConfig(HuarizoConfig):
+    """Configuration of `huarizo judge harness`."""
+
+    model: str = Field(description="model reference: a folder, `tiny`, `embedded` or a hub id")
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names")
+    include_path: str | None = Field(None, description="folder of extra task YAMLs (e.g. from write_choice_task)")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples per item (default: the task's)")
+    limit: int | None = Field(None, ge=1, description="items per task")
+    batch_size: int = Field(1, ge=1, description="items per forward pass")
+    device: str = Field("cpu", description="torch device")
+    out: str = Field(description="output folder")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        items = [v] if isinstance(v, str) else v
+        return (
+            [t.strip() for item in items for t in str(item).split(",") if t.strip()] if isinstance(items, list) else v
+        )

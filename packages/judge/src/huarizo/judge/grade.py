@@ -21,6 +21,7 @@ from pathlib import Path
 from huarizo.formats import (
     Answer,
     HuarizoError,
+    ProgressBar,
     Question,
     QuestionSet,
     load_answer_files,
@@ -133,15 +134,13 @@ def _jobs(
 
 
 async def _run(jobs: list[Job], asker: Asker, progress: bool) -> list[Judgment]:
-    from tqdm import tqdm
-
     await asker.probe()
     desc = f"judging ({asker.cfg.judge.model}, verdicts by {asker.way})"
-    bar = tqdm(total=len(jobs), desc=desc, unit="item", disable=None if progress else True)
+    bar = ProgressBar(desc, len(jobs), enabled=progress, unit="items")
 
     async def run(job: Job) -> Judgment:
         out = await job()
-        bar.update(1)
+        bar.advance()
         return out
 
     try:

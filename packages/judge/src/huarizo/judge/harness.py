@@ -3,7 +3,8 @@ lm-evaluation-harness (optional extra `huarizo-judge[harness]`).
 
 Hub tasks (`arc_challenge`, `hellaswag`, `mmlu`, `truthfulqa_mc2`, `winogrande`, `gsm8k`, ...) work where the hub is
 reachable; offline, `write_choice_task` turns your own multiple-choice items into a local task folder for
-`--include-path`. Scores go to `OUT/harness.json` and, when `OUT` holds a grading run, into its report.
+`--include-path`. Scores go to `OUT/harness.json`; when `OUT` holds a grading run, its report is rendered again with
+them (its `summary.json` is left as `grade` wrote it).
 """
 
 from __future__ import annotations
@@ -13,31 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
-
-from huarizo.formats import HuarizoConfig, HuarizoError, write_records
-
-
-class HarnessConfig(HuarizoConfig):
-    """Configuration of `huarizo judge harness`."""
-
-    model: str = Field(description="model reference: a folder, `tiny`, `embedded` or a hub id")
-    tasks: list[str] = Field(min_length=1, description="lm-eval task names")
-    include_path: str | None = Field(None, description="folder of extra task YAMLs (e.g. from write_choice_task)")
-    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples per item (default: the task's)")
-    limit: int | None = Field(None, ge=1, description="items per task")
-    batch_size: int = Field(1, ge=1, description="items per forward pass")
-    device: str = Field("cpu", description="torch device")
-    out: str = Field(description="output folder")
-
-    @field_validator("tasks", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        items = [v] if isinstance(v, str) else v
-        return (
-            [t.strip() for item in items for t in str(item).split(",") if t.strip()] if isinstance(items, list) else v
-        )
-
+from huarizo.formats import HuarizoError, write_json_atomic, write_records
+from huarizo.judge.config import HarnessConfig
+from huarizo.judge.report import HARNESS, write_report
 
 _TASK_YAML = """task: {name}
 dataset_path: json
@@ -108,14 +87,7 @@ def harness(cfg: HarnessConfig) -> dict[str, dict[str, float]]:
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "harness.json").write_text(json.dumps({"model": cfg.model, "results": scores}, indent=2) + "\n")
-    summary_path = out / "summary.json"
-    if summary_path.exists():  # fold the scores into the grading run's report
-        from huarizo.judge.report import write_report
-
-        summary = json.loads(summary_path.read_text())
-        summary["harness"] = scores
-        summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        write_report(out, summary)
+    write_json_atomic(out / HARNESS, {"model": cfg.model, "results": scores})
+    if (out / "summary.json").exists():  # a grading run: its report shows the scores too
+        write_report(out, json.loads((out / "summary.json").read_text(encoding="utf-8")))
     return scores

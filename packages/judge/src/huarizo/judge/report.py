@@ -5,6 +5,7 @@ with PNG plots), rendered from the summary alone. Names and replies are HTML-esc
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import math
 from dataclasses import asdict
@@ -14,6 +15,8 @@ from typing import Any
 from huarizo.formats import HuarizoConfig, write_records, write_text_atomic
 from huarizo.judge.judgments import Judgment
 
+HARNESS = "harness.json"
+"""What `harness()` writes into its output folder; the report of a grading run in the same folder shows it."""
 LENGTH_NOTE = (
     "Ties count half; ± is the standard error. Length-adjusted: the preference regressed on the length difference "
     "of this run's answers, the win rate at equal length. It is not AlpacaEval's length-controlled win rate, which "
@@ -83,14 +86,21 @@ def write_report(out: Path, s: dict[str, Any], *, plots: bool = True) -> Path:
     lines += _verdicts(s)
     if s.get("n"):
         lines += _pairwise(s) if s["mode"] == "pairwise" else _single(s)
-    lines += _audit(s) + _labels(s) + _harness(s) + _cost(s)
+    lines += _audit(s) + _labels(s) + _harness(out) + _cost(s)
     if plots and s.get("n"):
-        from huarizo.judge.plots import make_plots
-
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in make_plots(out, s)]
+        lines += _plots(out, s)
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def _plots(out: Path, s: dict[str, Any]) -> list[str]:
+    """The PNG plots (extra `huarizo-judge[plots]`), or a line saying how to get them."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return ["", "No plots: they need matplotlib (`pip install 'huarizo-judge[plots]'`)."]
+    from huarizo.judge.plots import make_plots
+
+    return ["", "## Plots", ""] + [f"![{p}]({p})" for p in make_plots(out, s)]
 
 
 def _verdicts(s: dict[str, Any]) -> list[str]:
@@ -246,10 +256,13 @@ def _labels(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _harness(s: dict[str, Any]) -> list[str]:
-    if not s.get("harness"):
+def _harness(out: Path) -> list[str]:
+    """The scores `harness()` wrote into the same folder, if it did."""
+    path = out / HARNESS
+    if not path.exists():
         return []
-    rows = [[esc(t), esc(k), _fmt(v)] for t, ms in s["harness"].items() for k, v in ms.items()]
+    results = json.loads(path.read_text(encoding="utf-8"))["results"]
+    rows = [[esc(t), esc(k), _fmt(v)] for t, ms in results.items() for k, v in ms.items()]
     return ["", "## lm-evaluation-harness", "", *_table(["task", "metric", "value"], rows)]
 
 
