@@ -241,45 +241,27 @@ class _Guard:
 B = TypeVar("B", bound=_Sampling)
 
 
-def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
-    """The FastAPI app serving `served` with the limits and keys of `cfg`."""
-    workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="huarizo-prepare")
-    preparing = 0
+class _Routes:
+    """The API routes of one served model: reading a request (its body bounded in size and time), parsing,
+    validating and tokenizing it in worker threads (never on the event loop), handing its sequences to the engine,
+    and answering, whole or streamed."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        workers.shutdown(wait=False, cancel_futures=True)
-        if web is not None:
-            web.close()
+    def __init__(self, served: ServedModel, cfg: ServeConfig, metrics: _Metrics) -> None:
+        self.served, self.cfg, self.metrics = served, cfg, metrics
+        self.workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="huarizo-prepare")
+        self.preparing = 0
+        self.tokens = TokenText(served.tokenizer)
 
-    app = FastAPI(title="huarizo serve", docs_url=None, redoc_url=None, lifespan=lifespan)
-    metrics = _Metrics(served)
-    web = mount_web(app, served, cfg) if cfg.web else None  # the pages /ui and /arena (huarizo.serve.web)
-    app.add_middleware(_Guard, api_keys=tuple(cfg.api_keys), metrics=metrics, web=web)
-    app.state.served, app.state.metrics = served, metrics
-    tokens = TokenText(served.tokenizer)
+    # ---- the routes
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.served.name}
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        where = f"{request.method} {request.url.path}"
-        msg = {404: f"Invalid URL ({where})", 405: f"Method not allowed ({where})"}.get(exc.status_code, exc.detail)
-        return APIError(exc.status_code, str(msg), headers=dict(exc.headers or {})).response()
+    async def prometheus(self) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served.name}
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(self) -> dict[str, Any]:
+        served = self.served
         card = {
             "id": served.name,
             "object": "model",
@@ -290,8 +272,19 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         }
         return {"object": "list", "data": [card]}
 
-    async def read_body(request: Request) -> bytes:
+    async def chat_completions(self, request: Request) -> Response:
+        req, choices = await self.prepare(request, self.prepare_chat)
+        return await self.respond(request, req, choices, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        req, choices = await self.prepare(request, self.prepare_completion)
+        return await self.respond(request, req, choices, chat=False)
+
+    # ---- reading and checking a request
+
+    async def read_body(self, request: Request) -> bytes:
         """The raw body: JSON only, at most `max_body_bytes`, arriving within `read_timeout`."""
+        cfg = self.cfg
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):
             raise APIError(415, f"Content-Type must be application/json (got {media})")
@@ -316,7 +309,8 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             raise APIError(499, "client closed the request") from None
         return bytes(body)
 
-    def parse(body: bytes, kind: type[B]) -> B:
+    def parse(self, body: bytes, kind: type[B]) -> B:
+        """The body as a request of `kind`: JSON, for this server's model, every field known and valid."""
         try:
             data = json.loads(body)
         except RecursionError:
@@ -326,8 +320,8 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         if not isinstance(data, dict):
             raise APIError(400, "request body must be a JSON object")
         name = data.get("model")
-        if isinstance(name, str) and name != served.name:
-            msg = f"The model `{name}` does not exist; this server serves: {served.name}"
+        if isinstance(name, str) and name != self.served.name:
+            msg = f"The model `{name}` does not exist; this server serves: {self.served.name}"
             raise APIError(404, msg, param="model", code="model_not_found")
         try:  # an explicit null means "the default", as OpenAI reads it
             return kind.model_validate({k: v for k, v in data.items() if v is not None})
@@ -336,7 +330,9 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         except RecursionError:
             raise APIError(400, "request body is nested too deeply") from None
 
-    def sampling(req: _Sampling, prompt_len: int, *, chat: bool, max_tokens: int | None, **kw: Any) -> Any:
+    def sampling(self, req: _Sampling, prompt_len: int, *, chat: bool, max_tokens: int | None, **kw: Any) -> Any:
+        """The engine's sampling parameters of a request whose prompt has `prompt_len` tokens."""
+        served = self.served
         room = served.context_length - prompt_len
         if room < 1:
             raise APIError(400, f"the prompt has {prompt_len} tokens; the context is {served.context_length}")
@@ -355,20 +351,21 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         return served.params(
             chat=chat,
             stop=stop,
-            max_tokens=min(cfg.default_max_tokens, room) if max_tokens is None else max_tokens,
+            max_tokens=min(self.cfg.default_max_tokens, room) if max_tokens is None else max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             top_k=max(req.top_k, 0),
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
-            logit_bias=logit_bias(req.logit_bias or {}),
+            logit_bias=self.logit_bias(req.logit_bias or {}),
             seed=req.seed,
             ignore_eos=req.ignore_eos,
             **kw,
         )
 
-    def logit_bias(bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
-        vocab = served.vocab_size
+    def logit_bias(self, bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token id, bias) pairs, ids within the vocabulary and biases within [-100, 100]."""
+        vocab = self.served.vocab_size
         try:
             out = tuple((int(k), float(v)) for k, v in bias.items())
         except ValueError:
@@ -378,32 +375,35 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             raise APIError(400, msg, param="logit_bias")
         return out
 
-    def check_count(prompts: int, n: int) -> None:
-        cap = cfg.max_sequences_per_request
+    def check_count(self, prompts: int, n: int) -> None:
+        """At most `max_sequences_per_request` sequences (prompts x n) in one request."""
+        cap = self.cfg.max_sequences_per_request
         if prompts * n > cap:
             where = "n" if n > 1 else "prompt"
             msg = f"{where}: {prompts} prompts x n={n} is {prompts * n} sequences; at most {cap} per request"
             raise APIError(400, msg, param=where)
 
-    def prepare_chat(body: bytes) -> tuple[ChatCompletionRequest, list[_Choice]]:
-        req = parse(body, ChatCompletionRequest)
-        check_count(1, req.n)
+    def prepare_chat(self, body: bytes) -> tuple[ChatCompletionRequest, list[_Choice]]:
+        """A chat request and its sequences (in a worker thread)."""
+        req = self.parse(body, ChatCompletionRequest)
+        self.check_count(1, req.n)
         if req.top_logprobs is not None and not req.logprobs:
             raise APIError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
         try:
             msgs = [Message(role="system" if m.role == "developer" else m.role, content=m.text) for m in req.messages]
-            ids = served.chat_prompt(Conversation(messages=msgs))
+            ids = self.served.chat_prompt(Conversation(messages=msgs))
         except ValidationError as exc:
             raise APIError(400, f"messages: {exc.errors()[0]['msg']}", param="messages") from None
         except HuarizoError as exc:
             raise APIError(400, f"messages: {exc}", param="messages") from None
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens or req.max_tokens
-        params = sampling(req, len(ids), chat=True, max_tokens=max_tokens, logprobs=logprobs)
+        params = self.sampling(req, len(ids), chat=True, max_tokens=max_tokens, logprobs=logprobs)
         return req, [_Choice(ids, p) for p in _per_choice(params, req.n)]
 
-    def prepare_completion(body: bytes) -> tuple[CompletionRequest, list[_Choice]]:
-        req = parse(body, CompletionRequest)
+    def prepare_completion(self, body: bytes) -> tuple[CompletionRequest, list[_Choice]]:
+        """A completion request and its sequences: n per prompt (in a worker thread)."""
+        req = self.parse(body, CompletionRequest)
         if (req.best_of or 1) > 1:
             raise APIError(400, "best_of: only 1 is supported by this server", param="best_of")
         if req.suffix:
@@ -412,52 +412,75 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             raise APIError(400, "max_tokens: 0 is only allowed with echo (to score the prompt)", param="max_tokens")
         p = req.prompt
         prompts: list[Any] = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
-        check_count(len(prompts), req.n)
+        self.check_count(len(prompts), req.n)
         if not prompts or any(not x for x in prompts):
             raise APIError(400, "prompt: must not be empty", param="prompt")
-        vocab = served.vocab_size
+        vocab = self.served.vocab_size
         if any(not 0 <= t < vocab for x in prompts if not isinstance(x, str) for t in x):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
         kw = {"logprobs": req.logprobs, "prompt_logprobs": req.logprobs if req.echo else None}
         choices = []
         for x in prompts:
-            ids = served.completion_prompt(x)
-            params = sampling(req, len(ids), chat=False, max_tokens=req.max_tokens, **kw)
-            echo = _echo_text(served, x) if req.echo else None
+            ids = self.served.completion_prompt(x)
+            params = self.sampling(req, len(ids), chat=False, max_tokens=req.max_tokens, **kw)
+            echo = _echo_text(self.served, x) if req.echo else None
             choices += [_Choice(ids, sp, echo) for sp in _per_choice(params, req.n)]
         return req, choices
 
-    async def prepare(request: Request, fn: Callable[[bytes], tuple[B, list[_Choice]]]) -> tuple[B, list[_Choice]]:
+    async def prepare(
+        self, request: Request, fn: Callable[[bytes], tuple[B, list[_Choice]]]
+    ) -> tuple[B, list[_Choice]]:
         """Read the body here; parse, validate and tokenize it in a worker thread (never on the event loop)."""
-        nonlocal preparing
-        if preparing >= MAX_PREPARING:
+        if self.preparing >= MAX_PREPARING:
             raise APIError(429, "the server is busy reading other requests; retry later", headers={"Retry-After": "1"})
-        preparing += 1
+        self.preparing += 1
         try:
-            body = await read_body(request)
-            return await asyncio.get_running_loop().run_in_executor(workers, fn, body)
+            body = await self.read_body(request)
+            return await asyncio.get_running_loop().run_in_executor(self.workers, fn, body)
         finally:
-            preparing -= 1
+            self.preparing -= 1
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        req, choices = await prepare(request, prepare_chat)
-        return await _respond(request, req, choices, chat=True)
+    # ---- answering
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        req, choices = await prepare(request, prepare_completion)
-        return await _respond(request, req, choices, chat=False)
-
-    async def _respond(request: Request, req: _Sampling, choices: list[_Choice], chat: bool) -> Response:
+    async def respond(self, request: Request, req: _Sampling, choices: list[_Choice], chat: bool) -> Response:
+        """Submit the sequences and answer: a stream of chunks, or the whole answer once every sequence is done."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        handles = self.submit(choices, events, stream=req.stream)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        head = {"id": rid, "created": int(time.time()), "model": self.served.name}
+        if req.stream:
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            gen = _stream(
+                events,
+                handles,
+                choices,
+                head,
+                self.tokens,
+                chat=chat,
+                include_usage=usage,
+                metrics=self.metrics,
+                started=started,
+            )
+            return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        finished = await _collect(request, events, handles)
+        if any(f.reason == "error" for f in finished):
+            raise APIError(500, f"generation failed: {next(f.error for f in finished if f.error)}")
+        _count(self.metrics, finished)
+        out = [self.answer(i, c, f, chat) for i, (c, f) in enumerate(zip(choices, finished, strict=True))]
+        obj = "chat.completion" if chat else "text_completion"
+        return JSONResponse({**head, "object": obj, "choices": out, "usage": _usage(finished, chat)})
+
+    def submit(
+        self, choices: list[_Choice], events: asyncio.Queue[tuple[int, Event]], *, stream: bool
+    ) -> list[RequestHandle]:
+        """Hand the sequences to the engine; their events arrive in `events` as (choice index, event)."""
+        loop = asyncio.get_running_loop()
         handles: list[RequestHandle] = []
 
         def sink_for(i: int) -> Any:
             def sink(ev: Event) -> None:
-                if isinstance(ev, Delta) and not req.stream:
+                if isinstance(ev, Delta) and not stream:
                     return  # a non-streaming request only needs the end: no wake-up of the event loop per token
                 try:
                     loop.call_soon_threadsafe(events.put_nowait, (i, ev))
@@ -468,44 +491,69 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
             return sink
 
         try:
-            handles += served.engine.submit_many([(c.prompt_ids, c.params, sink_for(i)) for i, c in enumerate(choices)])
+            handles += self.served.engine.submit_many(
+                [(c.prompt_ids, c.params, sink_for(i)) for i, c in enumerate(choices)]
+            )
         except EngineBusy as exc:
             raise APIError(429, str(exc), code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
         except EngineError as exc:
             raise APIError(400, str(exc)) from None
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        head = {"id": rid, "created": int(time.time()), "model": served.name}
-        if req.stream:
-            usage = bool((req.stream_options or {}).get("include_usage"))
-            gen = _stream(
-                events, handles, choices, head, tokens, chat=chat, include_usage=usage, metrics=metrics, started=started
-            )
-            return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        finished = await _collect(request, events, handles)
-        if any(f.reason == "error" for f in finished):
-            raise APIError(500, f"generation failed: {next(f.error for f in finished if f.error)}")
-        _count(metrics, finished)
-        out = []
-        for i, (c, f) in enumerate(zip(choices, finished, strict=True)):
-            fmt = _Logprobs(tokens)
-            if chat:
-                content = {"content": fmt.chat(f.logprobs), "refusal": None} if c.params.logprobs is not None else None
-                message = {"role": "assistant", "content": f.text}
-                out.append({"index": i, "message": message, "finish_reason": f.reason, "logprobs": content})
-                continue
-            text, lps = f.text, None
-            if c.echo is not None:
-                text = c.echo + f.text
-                if f.prompt_logprobs is not None:
-                    lps = fmt.completion(c.prompt_ids, f.prompt_logprobs)
-                fmt.restart(len(c.echo))
-            if c.params.logprobs is not None:
-                lps = _join(lps, fmt.completion([t.token for t in f.logprobs], f.logprobs))
-            out.append({"index": i, "text": text, "finish_reason": f.reason, "logprobs": lps})
-        obj = "chat.completion" if chat else "text_completion"
-        return JSONResponse({**head, "object": obj, "choices": out, "usage": _usage(finished, chat)})
+        return handles
 
+    def answer(self, i: int, c: _Choice, f: Finished, chat: bool) -> dict[str, Any]:
+        """Choice `i` of a whole (not streamed) answer, with its logprobs when asked for."""
+        fmt = _Logprobs(self.tokens)
+        if chat:
+            content = {"content": fmt.chat(f.logprobs), "refusal": None} if c.params.logprobs is not None else None
+            message = {"role": "assistant", "content": f.text}
+            return {"index": i, "message": message, "finish_reason": f.reason, "logprobs": content}
+        text, lps = f.text, None
+        if c.echo is not None:
+            text = c.echo + f.text
+            if f.prompt_logprobs is not None:
+                lps = fmt.completion(c.prompt_ids, f.prompt_logprobs)
+            fmt.restart(len(c.echo))
+        if c.params.logprobs is not None:
+            lps = _join(lps, fmt.completion([t.token for t in f.logprobs], f.logprobs))
+        return {"index": i, "text": text, "finish_reason": f.reason, "logprobs": lps}
+
+
+def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
+    """The FastAPI app serving `served` with the limits and keys of `cfg` (the routes: `_Routes`; the pages /ui
+    and /arena: `huarizo.serve.web`)."""
+    metrics = _Metrics(served)
+    routes = _Routes(served, cfg, metrics)
+    web: Web | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        routes.workers.shutdown(wait=False, cancel_futures=True)
+        if web is not None:
+            web.close()
+
+    app = FastAPI(title="huarizo serve", docs_url=None, redoc_url=None, lifespan=lifespan)
+    web = mount_web(app, served, cfg) if cfg.web else None
+    app.add_middleware(_Guard, api_keys=tuple(cfg.api_keys), metrics=metrics, web=web)
+    app.state.served, app.state.metrics = served, metrics
+    app.exception_handler(APIError)(_api_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.get("/health")(routes.health)
+    app.get("/metrics")(routes.prometheus)
+    app.get("/v1/models")(routes.models)
+    app.post("/v1/chat/completions")(routes.chat_completions)
+    app.post("/v1/completions")(routes.completions)
     return app
+
+
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    where = f"{request.method} {request.url.path}"
+    msg = {404: f"Invalid URL ({where})", 405: f"Method not allowed ({where})"}.get(exc.status_code, exc.detail)
+    return APIError(exc.status_code, str(msg), headers=dict(exc.headers or {})).response()
 
 
 def _client(request: Request) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from huarizo.formats import Conversation, HuarizoError, Message, from_conversation, write_records
 from huarizo.serve.engine import Delta
@@ -32,56 +32,78 @@ def chat_loop(
     if read is input:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
-    messages: list[Message] = [Message(role="system", content=system)] if system else []
-    start = list(messages)
-    print(f"huarizo chat: {served.name} (template {served.template.name}). {HELP}", file=out, flush=True)
+    chat = _Chat(served, max_tokens, temperature, system, out)
+    chat.say(f"huarizo chat: {served.name} (template {served.template.name}). {HELP}")
     while True:
         try:
             line = read("user> ").strip()
         except (EOFError, KeyboardInterrupt):
-            print("\nbye", file=out, flush=True)
-            return messages
-        if not line:
-            continue
+            chat.say("\nbye")
+            return chat.messages
         if line in ("/exit", "/quit"):
-            return messages
-        if line == "/reset":
-            messages = list(start)
-            print("(conversation reset)", file=out, flush=True)
-            continue
-        if line.startswith("/save"):
-            _save(messages, line[5:].strip(), out)
-            continue
+            return chat.messages
         if line.startswith("/"):
-            print(f"unknown command {line.split()[0]}; {HELP}", file=out, flush=True)
-            continue
-        messages.append(Message(role="user", content=line))
-        ids = served.chat_prompt(Conversation(messages=messages))
-        room = served.context_length - len(ids)
+            chat.command(line)
+        elif line:
+            chat.ask(line)
+
+
+class _Chat:
+    """One terminal conversation: its messages, the commands, and answers streamed as they are generated."""
+
+    def __init__(
+        self, served: ServedModel, max_tokens: int, temperature: float, system: str | None, out: TextIO
+    ) -> None:
+        self.served, self.max_tokens, self.temperature, self.out = served, max_tokens, temperature, out
+        self.start: list[Message] = [Message(role="system", content=system)] if system else []
+        self.messages = list(self.start)
+
+    def say(self, text: str, end: str = "\n") -> None:
+        print(text, end=end, file=self.out, flush=True)
+
+    def command(self, line: str) -> None:
+        """`/reset`, `/save FILE`; anything else is an unknown command."""
+        if line == "/reset":
+            self.messages = list(self.start)
+            self.say("(conversation reset)")
+        elif line.startswith("/save"):
+            _save(self.messages, line[5:].strip(), self.out)
+        else:
+            self.say(f"unknown command {line.split()[0]}; {HELP}")
+
+    def ask(self, line: str) -> None:
+        """Send the user's line and stream the answer; Ctrl-C stops the answer where it is."""
+        self.messages.append(Message(role="user", content=line))
+        ids = self.served.chat_prompt(Conversation(messages=self.messages))
+        room = self.served.context_length - len(ids)
         if room < 1:
-            messages.pop()
-            print("(the conversation no longer fits the context: /reset)", file=out, flush=True)
-            continue
-        params = served.params(chat=True, max_tokens=min(max_tokens, room), temperature=temperature)
-        print("assistant> ", end="", file=out, flush=True)
-        stream = served.engine.stream(ids, params)
+            self.messages.pop()
+            self.say("(the conversation no longer fits the context: /reset)")
+            return
+        params = self.served.params(chat=True, max_tokens=min(self.max_tokens, room), temperature=self.temperature)
+        self.say("assistant> ", end="")
+        answer, interrupted = self._stream(ids, params)
+        if interrupted and not answer:  # nothing written: the question goes too, so turns keep alternating
+            self.messages.pop()
+        else:
+            self.messages.append(Message(role="assistant", content=answer))
+
+    def _stream(self, ids: list[int], params: Any) -> tuple[str, bool]:
+        """The answer as far as it was written, and whether Ctrl-C stopped it."""
+        stream = self.served.engine.stream(ids, params)
         shown: list[str] = []
         interrupted = False
         try:
             for ev in stream:
                 if isinstance(ev, Delta):  # kept before it is printed: Ctrl-C may land between the two
                     shown.append(ev.text)
-                    print(ev.text, end="", file=out, flush=True)
+                    self.say(ev.text, end="")
         except KeyboardInterrupt:  # the answer stops here; the history keeps what was written
             stream.close()
             interrupted = True
-            print(" (stopped)", end="", file=out, flush=True)
-        print(file=out, flush=True)
-        answer = "".join(shown)
-        if interrupted and not answer:  # nothing written: the question goes too, so turns keep alternating
-            messages.pop()
-        else:
-            messages.append(Message(role="assistant", content=answer))
+            self.say(" (stopped)", end="")
+        self.say("")
+        return "".join(shown), interrupted
 
 
 def _save(messages: list[Message], path: str, out: TextIO) -> None:

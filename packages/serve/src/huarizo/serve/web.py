@@ -267,67 +267,105 @@ def mount_web(app: FastAPI, served: ServedModel, cfg: ServeConfig) -> Web:
     """Add the pages to the API's app; returns the `Web` whose `admits` the API's key check asks, and whose `close`
     the app's shutdown calls."""
     web = Web(served, cfg)
-    sessions = web.sessions
     app.state.read_timeout = cfg.read_timeout
+    pages = _Pages(web)
+    for method, path, route in (
+        ("GET", "/", pages.root),
+        ("GET", "/ui", pages.ui),
+        ("GET", "/arena", pages.arena_page),
+        ("POST", "/arena/voter", pages.arena_voter),
+        ("GET", "/arena/api/next", pages.arena_next),
+        ("POST", "/arena/api/vote", pages.arena_vote),
+        ("POST", "/arena/api/ask", pages.arena_ask),
+        ("GET", "/login", pages.login_page),
+        ("POST", "/login", pages.login),
+        ("POST", "/logout", pages.logout),
+        ("GET", "/static/{name}", pages.static),
+    ):
+        app.add_api_route(path, route, methods=[method], include_in_schema=False)
+    return web
 
-    def refuse_host(request: Request) -> Response | None:
-        if web.host_ok(request.headers.get("host")):
+
+class _Pages:
+    """The routes of the pages: each checks access first (the `Host`, the session, and for posts the CSRF token and
+    the origin), then answers with a page, a redirect, or the arena's JSON."""
+
+    def __init__(self, web: Web) -> None:
+        self.web, self.sessions = web, web.sessions
+
+    # ---- access ---------------------------------------------------------------------------------------------------
+
+    def refuse_host(self, request: Request) -> Response | None:
+        """The refusal of a request whose `Host` is not this server's (DNS rebinding), else None."""
+        if self.web.host_ok(request.headers.get("host")):
             return None
         return HTMLResponse("unexpected Host header", status_code=400, headers=SECURITY_HEADERS)
 
-    def page_session(request: Request) -> tuple[Session | None, bool]:
-        """The page's session, and whether it is new (no key needed: a visit gets one); None: log in first."""
-        s = web.session_of(dict(request.headers))
+    def page_session(self, request: Request) -> tuple[Session, bool] | Response:
+        """The page's session and whether it is new (no key needed: a visit gets one); or the refusal, or the
+        redirect to the login form."""
+        if (bad := self.refuse_host(request)) is not None:
+            return bad
+        s = self.web.session_of(dict(request.headers))
         if s is not None and s.authed:
             return s, False
-        if sessions.login_needed:
-            return None, False
-        return sessions.new(authed=True), True
+        if self.sessions.login_needed:
+            target = urllib.parse.quote(request.url.path)
+            return RedirectResponse(f"/login?next={target}", status_code=303, headers=SECURITY_HEADERS)
+        return self.sessions.new(authed=True), True
 
-    def login_first(request: Request) -> Response:
-        target = urllib.parse.quote(request.url.path)
-        return RedirectResponse(f"/login?next={target}", status_code=303, headers=SECURITY_HEADERS)
-
-    def api_session(request: Request, *, post: bool) -> Session | Response:
+    def api_session(self, request: Request, *, post: bool) -> Session | Response:
         """The session of a page's own API call, or the refusal (401 without one, 403 for a cross-site post)."""
-        if (bad := refuse_host(request)) is not None:
+        if (bad := self.refuse_host(request)) is not None:
             return bad
-        s = web.session_of(dict(request.headers))
+        s = self.web.session_of(dict(request.headers))
         if s is None or not s.authed:
             return _json_error(401, "not logged in (open the page again)")
         if post and not (
-            web.origin_ok(request.headers.get("origin"), request.headers.get("host"))
-            and sessions.csrf_ok(s, request.headers.get("x-csrf-token"))
+            self.web.origin_ok(request.headers.get("origin"), request.headers.get("host"))
+            and self.sessions.csrf_ok(s, request.headers.get("x-csrf-token"))
         ):
             return _json_error(403, "cross-site request refused (missing or wrong CSRF token, or another origin)")
         return s
 
-    async def form_session(request: Request) -> tuple[Session, dict[str, str]] | Response:
+    def voter(
+        self, request: Request, *, post: bool, missing: tuple[int, str] = (409, "no arena, or no voter name yet")
+    ) -> tuple[Arena, str] | Response:
+        """The arena and the voter's name of an arena call; or the refusal, `missing` (status, message) when there is
+        no arena or no voter name yet."""
+        s = self.api_session(request, post=post)
+        if isinstance(s, Response):
+            return s
+        if self.web.arena is None or s.voter is None:
+            return _json_error(*missing)
+        return self.web.arena, s.voter
+
+    async def form_session(self, request: Request) -> tuple[Session, dict[str, str]] | Response:
         """The session and fields of a form post; refused (403) without its CSRF token or from another origin."""
-        if (bad := refuse_host(request)) is not None:
+        if (bad := self.refuse_host(request)) is not None:
             return bad
-        s = web.session_of(dict(request.headers))
+        s = self.web.session_of(dict(request.headers))
         form = await _form(request)
         if (
             s is None
-            or not web.origin_ok(request.headers.get("origin"), request.headers.get("host"))
-            or not sessions.csrf_ok(s, form.get("csrf"))
+            or not self.web.origin_ok(request.headers.get("origin"), request.headers.get("host"))
+            or not self.sessions.csrf_ok(s, form.get("csrf"))
         ):
             msg = "This form was not sent from this server's page (or your session ended): open the page again."
             return HTMLResponse(html.escape(msg), status_code=403, headers=SECURITY_HEADERS)
         return s, form
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> Response:
+    # ---- pages ----------------------------------------------------------------------------------------------------
+
+    async def root(self) -> Response:
         return RedirectResponse(PAGES[0], status_code=303)
 
-    @app.get("/ui", include_in_schema=False)
-    async def ui(request: Request) -> Response:
-        if (bad := refuse_host(request)) is not None:
-            return bad
-        s, new = page_session(request)
-        if s is None:
-            return login_first(request)
+    async def ui(self, request: Request) -> Response:
+        got = self.page_session(request)
+        if isinstance(got, Response):
+            return got
+        s, new = got
+        served, cfg = self.web.served, self.web.cfg
         main = _render(
             "ui",
             model=served.name,
@@ -335,133 +373,37 @@ def mount_web(app: FastAPI, served: ServedModel, cfg: ServeConfig) -> Web:
             context=served.context_length,
             max_tokens=cfg.default_max_tokens,
         )
-        page = web.page(s, "Chat", main, "ui")
-        return web.with_session(page, s) if new else page
+        page = self.web.page(s, "Chat", main, "ui")
+        return self.web.with_session(page, s) if new else page
 
-    @app.get("/arena", include_in_schema=False)
-    async def arena_page(request: Request) -> Response:
-        if (bad := refuse_host(request)) is not None:
-            return bad
-        s, new = page_session(request)
-        if s is None:
-            return login_first(request)
-        arena = web.arena
+    async def arena_page(self, request: Request) -> Response:
+        got = self.page_session(request)
+        if isinstance(got, Response):
+            return got
+        s, new = got
+        arena, csrf = self.web.arena, self.sessions.csrf(s)
         if arena is None:
-            page = web.page(s, "Arena", _render("arena_off"))
+            page = self.web.page(s, "Arena", _render("arena_off"))
         elif s.voter is None:
-            page = web.page(s, "Arena", _render("arena_voter", csrf=sessions.csrf(s), error=""))
+            page = self.web.page(s, "Arena", _render("arena_voter", csrf=csrf, error=""))
         else:
             kind = "a fixed list of questions" if arena.fixed else "prompts you write"
             source = "live answers" if arena.live else "answer files"
-            main = _render("arena", voter=s.voter, kind=kind, source=source, csrf=sessions.csrf(s))
-            page = web.page(s, "Arena", main, "arena")
-        return web.with_session(page, s) if new else page
+            main = _render("arena", voter=s.voter, kind=kind, source=source, csrf=csrf)
+            page = self.web.page(s, "Arena", main, "arena")
+        return self.web.with_session(page, s) if new else page
 
-    @app.post("/arena/voter", include_in_schema=False)
-    async def arena_voter(request: Request) -> Response:
-        got = await form_session(request)
-        if isinstance(got, Response):
-            return got
-        s, form = got
-        name = " ".join(form.get("voter", "").split())
-        if not name or len(name) > MAX_VOTER_CHARS or not name.isprintable():
-            error = f"A name of 1 to {MAX_VOTER_CHARS} printable characters, please."
-            main = _render("arena_voter", csrf=sessions.csrf(s), error=error)
-            return web.page(s, "Arena", main, status=400)
-        return web.with_session(RedirectResponse("/arena", status_code=303), replace(s, voter=name))
-
-    @app.get("/arena/api/next", include_in_schema=False)
-    async def arena_next(request: Request) -> Response:
-        s = api_session(request, post=False)
-        if isinstance(s, Response):
-            return s
-        if web.arena is None or s.voter is None:
-            return _json_error(409, "no arena, or no voter name yet (open /arena)")
-        try:
-            item = await web.arena.next_item(s.voter)
-        except ArenaError as exc:
-            return _json_error(502, str(exc))
-        return JSONResponse(
-            {
-                "item": item,
-                "voted": web.arena.voted(s.voter),
-                "total": web.arena.total,
-                "free": not web.arena.fixed,
-            },
-            headers=SECURITY_HEADERS,
-        )
-
-    @app.post("/arena/api/vote", include_in_schema=False)
-    async def arena_vote(request: Request) -> Response:
-        s = api_session(request, post=True)
-        if isinstance(s, Response):
-            return s
-        data = await _json(request)
-        if web.arena is None or s.voter is None or data is None:
-            return _json_error(400, 'expected {"item": ..., "vote": ...} from the arena page, with a voter name')
-        try:
-            record = await asyncio.to_thread(web.arena.vote, s.voter, str(data.get("item")), str(data.get("vote")))
-        except AlreadyVoted as exc:
-            return _json_error(409, str(exc))
-        except UnknownItem as exc:
-            return _json_error(404, str(exc))
-        except ArenaError as exc:
-            return _json_error(400, str(exc))
-        progress = {"voted": web.arena.voted(s.voter), "total": web.arena.total}
-        return JSONResponse({**record, **progress}, headers=SECURITY_HEADERS)
-
-    @app.post("/arena/api/ask", include_in_schema=False)
-    async def arena_ask(request: Request) -> Response:
-        s = api_session(request, post=True)
-        if isinstance(s, Response):
-            return s
-        data = await _json(request)
-        if web.arena is None or s.voter is None or data is None or not isinstance(data.get("prompt"), str):
-            return _json_error(400, 'expected {"prompt": "..."} from the arena page, with a voter name')
-        try:
-            item = await web.arena.ask(s.voter, data["prompt"])
-        except UnknownItem as exc:
-            return _json_error(404, str(exc))
-        except ArenaError as exc:
-            return _json_error(400, str(exc))
-        return JSONResponse(
-            {"item": item, "voted": web.arena.voted(s.voter), "total": None, "free": True}, headers=SECURITY_HEADERS
-        )
-
-    @app.get("/login", include_in_schema=False)
-    async def login_page(request: Request) -> Response:
-        if (bad := refuse_host(request)) is not None:
+    async def login_page(self, request: Request) -> Response:
+        if (bad := self.refuse_host(request)) is not None:
             return bad
         target = _next_page(request.query_params.get("next"))
-        if not sessions.login_needed:
+        if not self.sessions.login_needed:
             return RedirectResponse(target, status_code=303)
-        s = web.session_of(dict(request.headers)) or sessions.new(authed=False)
-        main = _render("login", csrf=sessions.csrf(s), next=target, error="")
-        return web.with_session(web.page(s, "Log in", main), s)
+        s = self.web.session_of(dict(request.headers)) or self.sessions.new(authed=False)
+        main = _render("login", csrf=self.sessions.csrf(s), next=target, error="")
+        return self.web.with_session(self.web.page(s, "Log in", main), s)
 
-    @app.post("/login", include_in_schema=False)
-    async def login(request: Request) -> Response:
-        got = await form_session(request)
-        if isinstance(got, Response):
-            return got
-        s, form = got
-        target = _next_page(form.get("next"))
-        if not sessions.key_ok(form.get("key", "")):
-            main = _render("login", csrf=sessions.csrf(s), next=target, error="Wrong key.")
-            return web.page(s, "Log in", main, status=401)
-        return web.with_session(RedirectResponse(target, status_code=303), sessions.new(authed=True, voter=s.voter))
-
-    @app.post("/logout", include_in_schema=False)
-    async def logout(request: Request) -> Response:
-        got = await form_session(request)
-        if isinstance(got, Response):
-            return got
-        response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
-        return response
-
-    @app.get("/static/{name}", include_in_schema=False)
-    async def static(name: str) -> Response:
+    async def static(self, name: str) -> Response:
         path = STATIC / name
         kind = _STATIC_TYPES.get(path.suffix)
         if kind is None or "/" in name or not path.is_file():
@@ -469,4 +411,85 @@ def mount_web(app: FastAPI, served: ServedModel, cfg: ServeConfig) -> Web:
         headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache"}
         return FileResponse(path, media_type=kind, headers=headers)
 
-    return web
+    # ---- forms ----------------------------------------------------------------------------------------------------
+
+    async def arena_voter(self, request: Request) -> Response:
+        got = await self.form_session(request)
+        if isinstance(got, Response):
+            return got
+        s, form = got
+        name = " ".join(form.get("voter", "").split())
+        if not name or len(name) > MAX_VOTER_CHARS or not name.isprintable():
+            error = f"A name of 1 to {MAX_VOTER_CHARS} printable characters, please."
+            main = _render("arena_voter", csrf=self.sessions.csrf(s), error=error)
+            return self.web.page(s, "Arena", main, status=400)
+        return self.web.with_session(RedirectResponse("/arena", status_code=303), replace(s, voter=name))
+
+    async def login(self, request: Request) -> Response:
+        got = await self.form_session(request)
+        if isinstance(got, Response):
+            return got
+        s, form = got
+        target = _next_page(form.get("next"))
+        if not self.sessions.key_ok(form.get("key", "")):
+            main = _render("login", csrf=self.sessions.csrf(s), next=target, error="Wrong key.")
+            return self.web.page(s, "Log in", main, status=401)
+        fresh = self.sessions.new(authed=True, voter=s.voter)
+        return self.web.with_session(RedirectResponse(target, status_code=303), fresh)
+
+    async def logout(self, request: Request) -> Response:
+        got = await self.form_session(request)
+        if isinstance(got, Response):
+            return got
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # ---- the arena's calls ----------------------------------------------------------------------------------------
+
+    async def arena_next(self, request: Request) -> Response:
+        got = self.voter(request, post=False, missing=(409, "no arena, or no voter name yet (open /arena)"))
+        if isinstance(got, Response):
+            return got
+        arena, voter = got
+        try:
+            item = await arena.next_item(voter)
+        except ArenaError as exc:
+            return _json_error(502, str(exc))
+        body = {"item": item, "voted": arena.voted(voter), "total": arena.total, "free": not arena.fixed}
+        return JSONResponse(body, headers=SECURITY_HEADERS)
+
+    async def arena_vote(self, request: Request) -> Response:
+        bad = 'expected {"item": ..., "vote": ...} from the arena page, with a voter name'
+        got = self.voter(request, post=True, missing=(400, bad))
+        if isinstance(got, Response):
+            return got
+        if (data := await _json(request)) is None:
+            return _json_error(400, bad)
+        arena, voter = got
+        try:
+            record = await asyncio.to_thread(arena.vote, voter, str(data.get("item")), str(data.get("vote")))
+        except AlreadyVoted as exc:
+            return _json_error(409, str(exc))
+        except UnknownItem as exc:
+            return _json_error(404, str(exc))
+        except ArenaError as exc:
+            return _json_error(400, str(exc))
+        return JSONResponse({**record, "voted": arena.voted(voter), "total": arena.total}, headers=SECURITY_HEADERS)
+
+    async def arena_ask(self, request: Request) -> Response:
+        bad = 'expected {"prompt": "..."} from the arena page, with a voter name'
+        got = self.voter(request, post=True, missing=(400, bad))
+        if isinstance(got, Response):
+            return got
+        if (data := await _json(request)) is None or not isinstance(data.get("prompt"), str):
+            return _json_error(400, bad)
+        arena, voter = got
+        try:
+            item = await arena.ask(voter, data["prompt"])
+        except UnknownItem as exc:
+            return _json_error(404, str(exc))
+        except ArenaError as exc:
+            return _json_error(400, str(exc))
+        body = {"item": item, "voted": arena.voted(voter), "total": None, "free": True}
+        return JSONResponse(body, headers=SECURITY_HEADERS)
