@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from huarizo.formats import HuarizoError, atomic_folder
+from huarizo.formats import HuarizoError, ProgressBar, atomic_folder
 from huarizo.formats.models import resolve_model
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -230,23 +230,17 @@ def _stream(
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="tensors", dynamic_ncols=True)
+    bar = ProgressBar("tensors", sum(sizes.values()), enabled=progress, unit="bytes")
     weight_map = {}
     for file, names in zip(files, shards, strict=True):
         shard: dict[str, torch.Tensor] = {}
         for name in names:
             shard[name] = _combine(name, source, base, pairs[name], out_dtype[name], combine)
             weight_map[name] = file
-            if bar is not None:
-                bar.update(sizes[name])
+            bar.advance(sizes[name])
         save_file(shard, target / file, metadata={"format": "pt"})
         del shard
-    if bar is not None:
-        bar.close()
+    bar.close()
     if len(files) > 1:
         index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
         (target / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")

@@ -16,10 +16,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ import torch
 from huarizo.formats import (
     ChatTemplate,
     HuarizoError,
+    ProgressBar,
     Template,
     get_template,
     template_for_tokenizer,
@@ -35,7 +35,6 @@ from huarizo.formats import (
 from huarizo.formats.models import resolve_model
 from huarizo.trainer.config import QUANT_TYPES
 
-"""Tensor types `export_gguf` writes (the block-quantized ones are those the `gguf` package can quantize)."""
 DEFAULT_TEMPLATE = "alpaca"
 """The template of a model folder without a chat template (as `huarizo serve` does)."""
 
@@ -362,6 +361,142 @@ def _hparams(writer: Any, config: Any, arch: _Arch, qtype: str, rows: int) -> No
     writer.add_file_type(_file_type(qtype))
 
 
+@dataclass
+class _Source:
+    """The model folder being exported: its config, architecture, tokenizer, weights and the tensors to write."""
+
+    folder: Path
+    config: Any
+    arch: _Arch
+    tokenizer: Any
+    weights: Any
+    names: list[str]
+    rows: int
+
+    @classmethod
+    def read(cls, model: str | os.PathLike[str]) -> _Source:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from huarizo.trainer.delta import WeightFiles
+
+        folder = Path(resolve_model(model))
+        if not folder.is_dir():
+            raise ExportError(f"export: {model} is not a local model folder")
+        config = AutoConfig.from_pretrained(folder)
+        arch = _ARCHS.get(config.model_type)
+        if arch is None:
+            supported = ", ".join(_ARCHS)
+            raise ExportError(f"export: {folder}: architecture {config.model_type!r} is not supported ({supported})")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        weights = WeightFiles(str(folder), "model")
+        names = [n for n in weights.entries if not n.endswith("rotary_emb.inv_freq")]
+        if getattr(config, "tie_word_embeddings", False):
+            names = [n for n in names if not n.startswith("lm_head.")]
+        embed = next((n for n in names if n.endswith("embed_tokens.weight")), None)
+        rows = weights.entries[embed].shape[0] if embed else len(tokenizer)
+        return cls(folder, config, arch, tokenizer, weights, names, rows)
+
+    def transform(self, hf: str, t: torch.Tensor) -> torch.Tensor:
+        """A tensor as llama.cpp stores it: float32, Llama's q/k rows permuted, Gemma's norms as 1 + w."""
+        t = t.float()
+        heads = int(self.config.num_attention_heads)
+        if self.arch.permute_qk and hf.endswith("self_attn.q_proj.weight"):
+            t = _permute(t, heads)
+        elif self.arch.permute_qk and hf.endswith("self_attn.k_proj.weight"):
+            t = _permute(t, int(getattr(self.config, "num_key_value_heads", None) or heads))
+        if self.arch.norm_plus_one and hf.endswith("norm.weight"):
+            t = t + 1  # Gemma's RMSNorm scales by (1 + w); llama.cpp stores 1 + w
+        return t
+
+
+class _Tensor(NamedTuple):
+    """One tensor to write: its Hugging Face name, its GGUF name, its shape and its GGUF type."""
+
+    hf: str
+    name: str
+    shape: tuple[int, ...]
+    gtype: Any
+
+
+def _plan(src: _Source, qtype: str) -> list[_Tensor]:
+    """The tensors to write, with their GGUF names and types."""
+    import gguf
+
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == src.arch.gguf_name)
+    name_map = gguf.get_tensor_name_map(arch_id, int(src.config.num_hidden_layers))
+    plan = []
+    for hf in src.names:
+        stem, _, suffix = hf.rpartition(".")
+        mapped = name_map.get_name(stem)
+        if mapped is None:
+            raise ExportError(f"export: tensor {hf!r} has no GGUF name for {src.arch.gguf_name}")
+        shape = src.weights.entries[hf].shape
+        plan.append(_Tensor(hf, f"{mapped}.{suffix}", shape, _tensor_type(shape, hf.endswith("norm.weight"), qtype)))
+    return plan
+
+
+def _write_header(writer: Any, src: _Source, plan: list[_Tensor], template: Template, qtype: str) -> int | None:
+    """The GGUF metadata (hyperparameters, vocabulary, chat template, end-of-turn token) and tensor infos; returns
+    the end-of-turn token id."""
+    import gguf
+    from gguf.quants import quant_shape_to_byte_shape
+
+    vocab = _vocab(src.tokenizer, src.rows, space_runs=src.arch.gguf_name == "gemma3")
+    eot_id, _ = _end_of_turn(template, src.tokenizer)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(src.folder.name)
+    _hparams(writer, src.config, src.arch, qtype, src.rows)
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    logging.getLogger("gguf.vocab").setLevel(logging.ERROR)  # its TemplateProcessing guesses are noise here
+    special = gguf.SpecialVocab(src.folder, load_merges=True, n_vocab=len(vocab.tokens))
+    special.chat_template = _jinja(template, src.tokenizer)
+    special.add_to_gguf(writer, quiet=True)
+    if eot_id is not None:
+        writer.add_eot_token_id(eot_id)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for t in plan:
+        if t.gtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            dtype = np.float32 if t.gtype == gguf.GGMLQuantizationType.F32 else np.float16
+            writer.add_tensor_info(t.name, t.shape, np.dtype(dtype), int(np.prod(t.shape)) * np.dtype(dtype).itemsize)
+        else:
+            byte_shape = quant_shape_to_byte_shape(t.shape, t.gtype)
+            writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), t.gtype)
+    return eot_id
+
+
+def _write_gguf(out: Path, src: _Source, plan: list[_Tensor], template: Template, qtype: str, progress: bool) -> Any:
+    """Write the GGUF file (beside `out`, then renamed into place); returns (tensors per GGUF type, end-of-turn id)."""
+    import gguf
+
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(tmp, src.arch.gguf_name)
+    counts: dict[str, int] = {}
+    try:
+        eot_id = _write_header(writer, src, plan, template, qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        with ProgressBar("export", len(plan), enabled=progress, unit="tensors") as bar:
+            for t in plan:
+                writer.write_tensor_data(_encode(src.transform(t.hf, src.weights.read(t.hf)).numpy(), t.gtype))
+                counts[t.gtype.name] = counts.get(t.gtype.name, 0) + 1
+                bar.advance()
+        writer.close()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return counts, eot_id
+
+
 def export_gguf(
     model: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -375,133 +510,20 @@ def export_gguf(
 
     `template`: the chat template to embed (default: the one the folder was trained with, else alpaca).
     """
-    import gguf
-    from gguf.quants import quant_shape_to_byte_shape
-    from transformers import AutoConfig, AutoTokenizer
-
-    from huarizo.trainer.delta import WeightFiles
-
     if qtype not in QUANT_TYPES:
         raise ExportError(f"--type {qtype!r}: choose one of {', '.join(QUANT_TYPES)}")
     out = Path(out)
     if out.suffix != ".gguf":
         raise ExportError(f"--out {out}: the file name must end in .gguf")
-    folder = Path(resolve_model(model))
-    if not folder.is_dir():
-        raise ExportError(f"export: {model} is not a local model folder")
-    config = AutoConfig.from_pretrained(folder)
-    arch = _ARCHS.get(config.model_type)
-    if arch is None:
-        raise ExportError(
-            f"export: {folder}: architecture {config.model_type!r} is not supported (supported: {', '.join(_ARCHS)})"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    chosen, template_name = _template(tokenizer, template)
-    weights = WeightFiles(str(folder), "model")
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    names = [n for n in weights.entries if not n.endswith("rotary_emb.inv_freq")]
-    if tied:
-        names = [n for n in names if not n.startswith("lm_head.")]
-    n_blocks = int(config.num_hidden_layers)
-    name_map = gguf.get_tensor_name_map(
-        next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch.gguf_name), n_blocks
-    )
-    embed = next((n for n in names if n.endswith("embed_tokens.weight")), None)
-    rows = weights.entries[embed].shape[0] if embed else len(tokenizer)
-
-    def gguf_name(hf: str) -> str:
-        stem, _, suffix = hf.rpartition(".")
-        mapped = name_map.get_name(stem)
-        if mapped is None:
-            raise ExportError(f"export: tensor {hf!r} has no GGUF name for {arch.gguf_name}")
-        return f"{mapped}.{suffix}"
-
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-
-    def transform(hf: str, t: torch.Tensor) -> torch.Tensor:
-        t = t.float()
-        if arch.permute_qk and hf.endswith("self_attn.q_proj.weight"):
-            t = _permute(t, heads)
-        elif arch.permute_qk and hf.endswith("self_attn.k_proj.weight"):
-            t = _permute(t, kv_heads)
-        if arch.norm_plus_one and hf.endswith("norm.weight"):
-            t = t + 1  # Gemma's RMSNorm scales by (1 + w); llama.cpp stores 1 + w
-        return t
-
-    plan = []
-    for hf in names:
-        shape = weights.entries[hf].shape
-        gtype = _tensor_type(shape, hf.endswith("norm.weight"), qtype)
-        plan.append((hf, gguf_name(hf), shape, gtype))
-
-    vocab = _vocab(tokenizer, rows, space_runs=arch.gguf_name == "gemma3")
-    eot_id, stops = _end_of_turn(chosen, tokenizer)
-    jinja = _jinja(chosen, tokenizer)
-
-    tmp = out.with_name(out.name + ".tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(tmp, arch.gguf_name)
-    try:
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(folder.name)
-        _hparams(writer, config, arch, qtype, rows)
-        writer.add_tokenizer_model(vocab.model)
-        writer.add_tokenizer_pre(vocab.pre)
-        writer.add_token_list(vocab.tokens)
-        writer.add_token_scores(vocab.scores)
-        writer.add_token_types(vocab.types)
-        if vocab.add_space_prefix is not None:
-            writer.add_add_space_prefix(vocab.add_space_prefix)
-        logging.getLogger("gguf.vocab").setLevel(logging.ERROR)  # its TemplateProcessing guesses are noise here
-        special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(vocab.tokens))
-        special.chat_template = jinja
-        special.add_to_gguf(writer, quiet=True)
-        if eot_id is not None:
-            writer.add_eot_token_id(eot_id)
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for _hf, name, shape, gtype in plan:
-            if gtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-                dtype = np.float32 if gtype == gguf.GGMLQuantizationType.F32 else np.float16
-                nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-                writer.add_tensor_info(name, shape, np.dtype(dtype), nbytes)
-            else:
-                byte_shape = quant_shape_to_byte_shape(shape, gtype)
-                writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), gtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        bar = _progress(len(plan), progress)
-        counts: dict[str, int] = {}
-        for hf, _name, _shape, gtype in plan:
-            data = transform(hf, weights.read(hf)).numpy()
-            writer.write_tensor_data(_encode(data, gtype))
-            counts[gtype.name] = counts.get(gtype.name, 0) + 1
-            bar(1)
-        writer.close()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
+    src = _Source.read(model)
+    chosen, template_name = _template(src.tokenizer, template)
+    plan = _plan(src, qtype)
+    counts, eot_id = _write_gguf(out, src, plan, chosen, qtype, progress)
+    _, stops = _end_of_turn(chosen, src.tokenizer)
+    tokenizer = src.tokenizer
     mf = None
     if modelfile:
         eos, bos = tokenizer.eos_token or "</s>", tokenizer.bos_token or "<s>"
         mf = write_modelfile(out.with_name("Modelfile"), out, chosen, eos, bos, stops)
     eot = str(tokenizer.convert_ids_to_tokens(eot_id)) if eot_id is not None else None
-    return ExportResult(out, mf, arch.gguf_name, qtype, len(plan), counts, template_name, eot, stops)
-
-
-def _progress(total: int, show: bool) -> Callable[[int], None]:
-    if not show:
-        return lambda n: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit="tensor", desc="export", dynamic_ncols=True)
-
-    def step(n: int) -> None:
-        bar.update(n)
-        if bar.n >= total:
-            bar.close()
-
-    return step
+    return ExportResult(out, mf, src.arch.gguf_name, qtype, len(plan), counts, template_name, eot, stops)
