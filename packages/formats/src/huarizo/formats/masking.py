@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from huarizo.formats.errors import HuarizoError
 from huarizo.formats.schemas import Conversation
@@ -173,17 +173,18 @@ def _encode_rust(
     """Encode whole texts with the tokenizer (one batched call); encode segment by segment the records where an
     answer shares a token with its prompt (e.g. "Response:" + "**bold**" -> ":**")."""
     texts = ["".join(s.text for s in segs) for segs in rendered]
-    out = []
+    out: list[_Encoded | None] = []
     for segs, enc in zip(rendered, backend.encode_batch(texts, add_special_tokens=add_special), strict=True):
         spans = _rust_spans(segs, enc)
-        if spans is None:
-            if around is None:  # the specials do not surround the text: keep them in front
-                around = backend.encode("", add_special_tokens=add_special).ids, []
-            alone = [e.ids for e in backend.encode_batch([s.text for s in segs], add_special_tokens=False)]
-            out.append(_by_segments(segs, alone, *around))
-        else:
-            out.append(_Encoded(array(TYPECODE, enc.ids), spans))
-    return out
+        out.append(None if spans is None else _Encoded(array(TYPECODE, enc.ids), spans))
+    rest = [k for k, enc in enumerate(out) if enc is None]
+    if rest:
+        if around is None:  # the specials do not surround the text: keep them in front
+            around = backend.encode("", add_special_tokens=add_special).ids, []
+        pieces = iter(backend.encode_batch([s.text for k in rest for s in rendered[k]], add_special_tokens=False))
+        for k in rest:
+            out[k] = _by_segments(rendered[k], [next(pieces).ids for _ in rendered[k]], *around)
+    return cast(list[_Encoded], out)
 
 
 def tokenize_conversations(
