@@ -43,7 +43,8 @@ def main() -> None:
     ref_lm = load(folder)
     for batch in micro:
         logits = ref_lm(**{k: v for k, v in batch.items() if k != "targets"}, use_cache=False).logits.float()
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        targets = batch["targets"].flatten()
+        loss = F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=IGNORE_INDEX, reduction="sum")
         (loss * 0.37).backward()
     ref = {n: p.grad for n, p in ref_lm.named_parameters()}
 

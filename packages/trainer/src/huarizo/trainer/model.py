@@ -239,7 +239,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     each chunk's logits are at hand) and scaled by the loss's gradient in the backward (the liger-kernel idea)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
@@ -255,14 +255,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             targets,
             softcap,
             scale,
-            tuple(ctx.needs_input_grad[:3]),  # type: ignore[arg-type]
+            tuple(ctx.needs_input_grad[:3]),
         )
         ctx.grads = d_h, d_w, d_b
         ctx.dtypes = weight.dtype, None if bias is None else bias.dtype
         return loss
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         d_h, d_w, d_b = ctx.grads
         ctx.grads = None
         w_dtype, b_dtype = ctx.dtypes
