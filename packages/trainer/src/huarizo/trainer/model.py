@@ -76,13 +76,24 @@ def varlen_attention(
     return torch.cat(rows).transpose(1, 2).contiguous(), None
 
 
-def use_varlen_attention(model: Any) -> bool:
-    """Switch a model from sdpa to `varlen_attention` when its attention is plain causal (no sliding window, no
-    soft-capping); returns whether it did."""
+_LAYER_KINDS = {"full_attention", "sliding_attention"}
+
+
+def use_varlen_attention(model: Any, max_length: int | None = None) -> bool:
+    """Switch a model from sdpa to `varlen_attention` when that is exact: causal attention without soft-capping,
+    and either no sliding window or one no sample reaches (every sample at most `max_length` tokens, at most the
+    window: then a sliding layer sees what a full one sees, as with Gemma 3's 512-token window at a max_length of
+    512 or less). Returns whether it switched."""
     from transformers import AttentionInterface
 
     config = model.config
-    plain = not any(getattr(config, k, None) for k in ("sliding_window", "attn_logit_softcapping", "layer_types"))
+    window = getattr(config, "sliding_window", None)
+    kinds = set(getattr(config, "layer_types", None) or ())
+    plain = (
+        not getattr(config, "attn_logit_softcapping", None)
+        and kinds <= _LAYER_KINDS
+        and (not window or (max_length is not None and max_length <= window))
+    )
     if config._attn_implementation != "sdpa" or not plain:
         return False
     AttentionInterface.register(VARLEN, varlen_attention)
@@ -121,8 +132,9 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def load_model(cfg: ModelConfig) -> Any:
-    """Load the causal LM to train (call under `HfDeepSpeedConfig` for ZeRO-3 so weights load partitioned)."""
+def load_model(cfg: ModelConfig, max_length: int | None = None) -> Any:
+    """Load the causal LM to train (call under `HfDeepSpeedConfig` for ZeRO-3 so weights load partitioned);
+    `max_length` (the longest sample) decides whether sliding-window attention can run sample by sample exactly."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model(cfg.ref)
@@ -144,10 +156,11 @@ def load_model(cfg: ModelConfig) -> Any:
             setattr(model, attr, None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    if cfg.attn_implementation in ("auto", "varlen") and not use_varlen_attention(model) and impl == "varlen":
+    varlen = cfg.attn_implementation in ("auto", "varlen") and use_varlen_attention(model, max_length)
+    if impl == "varlen" and not varlen:
         raise ModelBuildError(
-            "model.attn_implementation=varlen: this model's attention is not plain causal (sliding window or "
-            "soft-capping); use sdpa"
+            "model.attn_implementation=varlen: this model's attention is not plain causal (soft-capping, or a "
+            "sliding window shorter than data.max_length); use sdpa"
         )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

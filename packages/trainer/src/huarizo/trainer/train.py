@@ -287,7 +287,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # ZeRO-3: transformers loads the weights straight into partitions while this object is alive.
     hf_ds = HfDeepSpeedConfig(conf) if conf["zero_optimization"].get("stage") == 3 else None
-    lm = load_model(cfg.model)
+    lm = load_model(cfg.model, cfg.data.max_length)
     if cfg.lora.enabled:
         lm = add_lora(lm, cfg.lora)
     if rank == 0:
