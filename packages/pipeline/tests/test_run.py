@@ -142,4 +142,4 @@ def test_a_config_change_redoes_exactly_the_stages_downstream(finished: Any, que
     # the retrained model is asked again; the base model's answers come from the run's cache
     counts = outcome.summary["stages"]["answer"]["counts"]
     n_questions = len(questions.read_text().splitlines())
-    assert counts["tuned:requests"] == n_questions and counts["base:cached"] == n_questions
+    assert counts["tuned:asked"] == n_questions and counts["base:cached"] == n_questions
