@@ -170,7 +170,9 @@ class _TransformersCB:
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
         self.tok = tok
-        gen = GenerationConfig(do_sample=False, max_new_tokens=MAX_TOKENS, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+        gen = GenerationConfig(
+            do_sample=False, max_new_tokens=MAX_TOKENS, eos_token_id=-1, pad_token_id=tok.pad_token_id
+        )
         self.manager = model.init_continuous_batching(
             generation_config=gen, continuous_batching_config=ContinuousBatchingConfig(**PEER_CACHE)
         )
@@ -372,9 +374,7 @@ def _answers(served: ServedModel) -> list[list[int]]:
     """Greedy answers (token ids) to PROMPTS, submitted together (so every model sees the same batches)."""
     events: queue.Queue[tuple[int, Any]] = queue.Queue()
     params = SamplingParams(max_tokens=ANSWER_TOKENS, temperature=0, ignore_eos=True, logprobs=0)
-    items = [
-        (served.tokenizer.encode(p), params, lambda ev, k=k: events.put((k, ev))) for k, p in enumerate(PROMPTS)
-    ]
+    items = [(served.tokenizer.encode(p), params, lambda ev, k=k: events.put((k, ev))) for k, p in enumerate(PROMPTS)]
     served.engine.submit_many(items)
     done: dict[int, Finished] = {}
     while len(done) < len(PROMPTS):

@@ -59,7 +59,7 @@ class Int8Linear(nn.Module):
         for rows in linear.weight.detach().split(4096):  # bounds the float32 temporaries of a large layer
             w = rows.float()
             s = w.abs().amax(1).clamp(min=1e-12) / 127
-            weight.append(w.div_(s[:, None]).round_().to(torch.int8))
+            weight.append((w / s[:, None]).round_().to(torch.int8))
             scale.append(s)
         self.weight = torch.cat(weight)
         self.scale = torch.cat(scale).to(linear.weight.dtype)
