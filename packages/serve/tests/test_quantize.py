@@ -202,3 +202,22 @@ def test_embedded_quantized_answers_and_perplexity() -> None:
     assert all(gap <= 0.4 for gap in gaps), gaps
     assert abs(ppl["int8"] / ppl["none"] - 1) <= 0.02, ppl
     assert abs(ppl["int4"] / ppl["none"] - 1) <= 0.05, ppl
+
+
+def test_quantize_flag_of_serve_and_chat(tiny_model_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from huarizo.formats.cli import build_parser, config_from_args
+    from huarizo.serve import ChatConfig
+
+    assert config_from_args(ServeConfig, build_parser().parse_args(["serve", "--quantize", "int8"])).quantize == "int8"
+    assert config_from_args(ChatConfig, build_parser().parse_args(["chat", "--quantize", "int4"])).quantize == "int4"
+    cmd = [sys.executable, "-c", "from huarizo.formats.cli import main; raise SystemExit(main())"]
+    out = subprocess.run(
+        [*cmd, "serve", "--model", str(tiny_model_dir), "--quantize", "int8", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "quantize int8 is for Huarizo's engine on a CPU" in out.stderr and len(out.stderr.strip().splitlines()) == 1
