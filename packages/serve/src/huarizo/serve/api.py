@@ -486,13 +486,13 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
         if any(f.reason == "error" for f in finished):
             raise APIError(500, f"generation failed: {next(f.error for f in finished if f.error)}")
         _count(metrics, finished)
-        out = []
+        out: list[dict[str, Any]] = []
         for i, (c, f) in enumerate(zip(choices, finished, strict=True)):
             fmt = _Logprobs(tokens)
+            ends: dict[str, Any] = {"finish_reason": f.reason, "stop_reason": f.stop_reason}
             if chat:
                 content = {"content": fmt.chat(f.logprobs), "refusal": None} if c.params.logprobs is not None else None
                 message = {"role": "assistant", "content": f.text}
-                ends = {"finish_reason": f.reason, "stop_reason": f.stop_reason}
                 out.append({"index": i, "message": message, **ends, "logprobs": content})
                 continue
             text, lps = f.text, None
@@ -503,7 +503,6 @@ def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
                 fmt.restart(len(c.echo))
             if c.params.logprobs is not None:
                 lps = _join(lps, fmt.completion([t.token for t in f.logprobs], f.logprobs))
-            ends = {"finish_reason": f.reason, "stop_reason": f.stop_reason}
             out.append({"index": i, "text": text, **ends, "logprobs": lps})
         obj = "chat.completion" if chat else "text_completion"
         return JSONResponse({**head, "object": obj, "choices": out, "usage": _usage(finished, chat)})
