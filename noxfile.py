@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nox
@@ -68,11 +70,19 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """pytest-benchmark over benchmarks/ (or the paths given: `nox -s bench -- benchmarks/formats`): each benchmark
-    prints its ratio to the named baseline."""
+    prints its ratio to the named baseline, and the run's results go to benchmarks/results/DATE_COMMIT.json;
+    `-- --compare` then shows each figure against the last committed run and flags regressions over 10%."""
     _install_all(session)
     session.install("pytest-benchmark")
-    paths = [] if any(Path(arg.split("::")[0]).exists() for arg in session.posargs) else ["benchmarks"]
-    session.run("pytest", *paths, "-s", "-o", "python_files=bench_*.py", *session.posargs, env=ENV)
+    args = [a for a in session.posargs if a != "--compare"]
+    paths = [] if any(Path(arg.split("::")[0]).exists() for arg in args) else ["benchmarks"]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H%M%S")
+    git = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True)
+    results = Path("benchmarks/results") / f"{stamp}_{git.stdout.strip() if git.returncode == 0 else 'nogit'}.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    session.run("pytest", *paths, "-s", "-o", "python_files=bench_*.py", f"--benchmark-json={results}", *args, env=ENV)
+    if "--compare" in session.posargs:
+        session.run("python", "benchmarks/compare.py", str(results))
 
 
 def _packages_digest() -> str:

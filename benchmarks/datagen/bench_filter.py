@@ -16,7 +16,8 @@ import random
 import time
 from pathlib import Path
 
-from huarizo.datagen.rouge import NoveltyIndex, novelty_filter, rouge_score_filter
+from huarizo.datagen.rouge import NoveltyIndex, novelty_filter
+from huarizo.formats.testing import rouge_score_filter
 
 
 def real_instructions(shared: Path) -> list[str]:

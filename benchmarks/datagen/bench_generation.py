@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from huarizo.datagen import DatagenConfig, run
-from huarizo.datagen.scripted import scripted_teacher
-from huarizo.formats.testing import ScriptedServer
+from huarizo.formats.testing import ScriptedServer, scripted_teacher
 
 LATENCY = 0.2
 ROUNDS = 3

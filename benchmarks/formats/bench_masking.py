@@ -1,150 +1,168 @@
-"""Tokenize + mask Alpaca records: Huarizo's `tokenize_conversations` vs the Stanford Alpaca way.
+"""Tokenize + mask distinct records: Huarizo's `tokenize_conversations` against transformers' own way.
 
-Baseline (Stanford Alpaca's `preprocess`): tokenize the source and the full text of each example one call at a time
-(`return_tensors="pt"`, `padding="longest"`), then mask the first len(source) tokens. Both use the same fast tokenizer,
-a byte-level BPE trained on the spot on the records. Labels must be identical wherever the baseline's prefix
-assumption holds.
+Records: the 999 Alpaca-format records and the 805 AlpacaEval records (Alpaca's template), and the 500 ShareGPT
+conversations (Vicuna v1.1's), 2,304 in all, each once: nothing repeats. Tokenizers: a byte-level BPE (GPT-2 style,
+8k tokens, trained on the records on the spot), Gemma 3's (the embedded model's: 262k tokens, whitespace runs as
+added tokens) and a SentencePiece-style one (Llama 2's layout: `▁` for spaces, byte fallback; 8k, trained on the spot).
 
-The machine's speed drifts by a third over minutes, so the two are measured in turns: a third of the baseline, then
-a whole Huarizo run (52,000 records, a fresh call each time, caches included), three times over. Neither side runs
-with the other's outputs in memory as they came out: Huarizo's are freed, the baseline's (kept to compare labels)
-are packed into one tensor each, outside the timing, since tens of thousands of live small tensors slow down
-whatever runs next in the process by a fifth.
+- Huarizo: render, tokenize (one batched call), mask and verify every record.
+- The peer: `tokenizer.apply_chat_template(conversations, return_assistant_tokens_mask=True)` on the batch, with the
+  chat template Huarizo exports (`{% generation %}` around the trained text): the same ids and mask, not verified.
+  The records where both give the same ids and mask are counted.
+- The floor: the tokenizer's batch call on the rendered texts alone (no mask).
+
+The three run in turns, ROUNDS times; each figure is the median, in CPU seconds of this process (the tokenizer runs
+on one thread), which other load on the machine does not skew; wall time is printed beside it.
 """
 
 from __future__ import annotations
 
-import copy
+import os
+import statistics
 import time
-from collections.abc import Iterator
-from itertools import pairwise
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
+import pytest
 
-from huarizo.formats import IGNORE_INDEX, Conversation, load, to_conversations, tokenize_conversations
-from huarizo.formats.templates import ALPACA
-from huarizo.formats.tiny import train_tokenizer
+from huarizo.formats import IGNORE_INDEX, Conversation, get_template, load, to_conversations, tokenize_conversations
+from huarizo.formats.templates import chat_messages, chat_template_for
 
-N_RECORDS = 52_000
-MAX_LENGTH = 512
-ROUNDS = 3
-
-
-def stanford_preprocess(tok: Any, sources: list[str], targets: list[str]) -> tuple[list[Any], list[Any]]:
-    """Stanford Alpaca's `preprocess`: one tokenizer call per string, mask by the source's token count."""
-
-    def tokenize(strings: list[str]) -> tuple[list[Any], list[int]]:
-        out = [tok(s, return_tensors="pt", padding="longest", max_length=MAX_LENGTH, truncation=True) for s in strings]
-        ids = [t.input_ids[0] for t in out]
-        lens = [t.input_ids.ne(tok.pad_token_id).sum().item() for t in out]
-        return ids, lens
-
-    examples = [s + t for s, t in zip(sources, targets, strict=True)]
-    input_ids, _ = tokenize(examples)
-    _, source_lens = tokenize(sources)
-    labels = copy.deepcopy(input_ids)
-    for label, n in zip(labels, source_lens, strict=True):
-        label[:n] = IGNORE_INDEX
-    return input_ids, labels
+MAX_LENGTH = 2048
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+SOURCES = {  # file, format, template
+    "alpaca": ("alpaca_format_samples/llamafactory_alpaca_en_demo.json", "auto", "alpaca"),
+    "alpacaeval": ("alpaca_eval/example_outputs_805.json", "alpaca", "alpaca"),
+    "sharegpt": ("fastchat/dummy_conversation.json", "auto", "vicuna_v1.1"),
+}
 
 
-def _packed(ids: list[Any], labels: list[Any], sources: list[str]) -> Iterator[tuple[Any, Any, str]]:
-    """The baseline's outputs as one tensor each, split back into records only when iterated (the split makes a
-    small tensor per record, which is what packing avoids while Huarizo runs)."""
-    return _unpacked(torch.cat(ids), torch.cat(labels), [len(x) for x in ids], sources)
+def sentencepiece_like(texts: list[str]) -> Any:
+    """A BPE laid out as Llama 2's tokenizer.json: spaces written `▁` and one put in front of every piece of text
+    between special tokens (a normalizer, no pre-tokenizer), byte fallback for characters it has no token for, BOS
+    added. Trained as SentencePiece trains, never merging across a space."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
-
-def _unpacked(ids: Any, labels: Any, lengths: list[int], sources: list[str]) -> Iterator[tuple[Any, Any, str]]:
-    yield from zip(ids.split(lengths), labels.split(lengths), sources, strict=True)
-
-
-def sources_and_targets(tok: Any, convs: list[Conversation]) -> tuple[list[str], list[str]]:
-    sources = [ALPACA.generation_prompt(Conversation(messages=c.messages[:-1])) for c in convs]
-    return sources, [c.messages[-1].content + tok.eos_token for c in convs]
-
-
-def test_masking_vs_stanford_alpaca(benchmark: Any, shared_data: Path) -> None:
-    records = load(shared_data / "alpaca_format_samples/llamafactory_alpaca_en_demo.json")
-    tok = train_tokenizer([f"{r.instruction} {r.input} {r.output}" for r in records], vocab_size=8000)
-    convs = [c for r in records for c in to_conversations(r)]
-    convs = (convs * (N_RECORDS // len(convs) + 1))[:N_RECORDS]
-    sources, targets = sources_and_targets(tok, convs)
-    cuts = [N_RECORDS * k // ROUNDS for k in range(ROUNDS + 1)]
-    parts = pairwise(cuts)
-    baseline_s = 0.0
-    pending: list[Iterator[tuple[Any, Any, str]]] = []  # the last baseline part, compared after Huarizo's next run
-    result: dict[str, Any] = {}
-    compared = kept = 0
-
-    def compare() -> None:
-        # Identical labels wherever the baseline's assumption (source tokens are a prefix of the full text's) holds.
-        nonlocal compared, kept
-        for ids, labels, src in (row for part in pending for row in part):
-            if bool((labels == IGNORE_INDEX).all()):
-                continue
-            sample = result["samples"][kept]
-            kept += 1
-            src_ids = tok(src, max_length=MAX_LENGTH, truncation=True)["input_ids"]
-            if ids.tolist()[: len(src_ids)] == src_ids:
-                assert sample.input_ids.tolist() == ids.tolist() and sample.labels.tolist() == labels.tolist()
-                compared += 1
-        pending.clear()
-
-    def baseline_part() -> None:
-        """Before each Huarizo run (outside its timing): check the last part, time the next third of the baseline."""
-        nonlocal baseline_s
-        compare()
-        result.clear()  # neither side runs with the other's outputs still in memory
-        lo, hi = next(parts)
-        start = time.perf_counter()
-        ids, labels = stanford_preprocess(tok, sources[lo:hi], targets[lo:hi])
-        baseline_s += time.perf_counter() - start
-        pending.append(_packed(ids, labels, sources[lo:hi]))
-
-    def ours() -> None:
-        result["samples"], result["stats"] = tokenize_conversations(convs, ALPACA, tok, MAX_LENGTH)
-
-    benchmark.pedantic(ours, setup=baseline_part, rounds=ROUNDS, iterations=1)
-    compare()
-    ours_s = benchmark.stats.stats.mean
-    stats = result["stats"]
-    ratio = baseline_s / ours_s
-    benchmark.extra_info.update(
-        records=N_RECORDS, baseline_s=baseline_s, ours_s=ours_s, ratio=ratio, identical_labels=compared
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    special = ["<unk>", "<s>", "</s>", "<pad>", *[f"<0x{b:02X}>" for b in range(256)]]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=8000, special_tokens=special, show_progress=False))
+    tok.pre_tokenizer = None
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    print(
-        f"\n[formats masking] {N_RECORDS} records: Stanford Alpaca way {baseline_s:.1f} s "
-        f"({N_RECORDS / baseline_s:,.0f} rec/s), Huarizo {ours_s:.2f} s ({N_RECORDS / ours_s:,.0f} rec/s, mean of "
-        f"{ROUNDS}): {ratio:.1f}x; identical labels on {compared} records where the prefix assumption holds; "
-        f"{stats.cached} records on the cached byte-level path, {stats.resegmented} encoded by segments, "
-        f"{sum(stats.dropped.values())} dropped"
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        clean_up_tokenization_spaces=False,
     )
 
 
-def test_masking_distinct_records(benchmark: Any, shared_data: Path) -> None:
-    """The same comparison on records that are all different (no repeats to fill the cache): the floor."""
-    records = load(shared_data / "alpaca_format_samples/llamafactory_alpaca_en_demo.json")
-    outputs = load(shared_data / "alpaca_eval/example_outputs_805.json", "alpaca")
-    convs = [c for r in [*records, *outputs] for c in to_conversations(r)]
-    tok = train_tokenizer([f"{r.instruction} {r.input} {r.output}" for r in records], vocab_size=8000)
-    sources, targets = sources_and_targets(tok, convs)
-    start = time.perf_counter()
-    stanford_preprocess(tok, sources, targets)
-    baseline_s = time.perf_counter() - start
+@pytest.fixture(scope="module")
+def records(shared_data: Path) -> dict[str, list[Conversation]]:
+    return {
+        name: [c for r in load(shared_data / path, fmt) for c in to_conversations(r)]
+        for name, (path, fmt, _) in SOURCES.items()
+    }
 
-    result: dict[str, Any] = {}
+
+def tokenizer_named(name: str, records: dict[str, list[Conversation]]) -> Any:
+    from huarizo.formats.models import load_tokenizer, train_tokenizer
+
+    texts = [m.content for convs in records.values() for c in convs for m in c.messages]
+    if name == "gemma3":
+        return load_tokenizer("embedded")
+    return train_tokenizer(texts, vocab_size=8000) if name == "bytelevel" else sentencepiece_like(texts)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.process_time() - cpu, time.perf_counter() - wall, out
+
+
+@pytest.mark.parametrize("tokenizer", ["bytelevel", "gemma3", "sentencepiece"])
+def test_masking_distinct_records(
+    benchmark: Any, figures: Any, records: dict[str, list[Conversation]], tokenizer: str
+) -> None:
+    tok = tokenizer_named(tokenizer, records)
+    jobs = []
+    for name, convs in records.items():
+        template = get_template(SOURCES[name][2])
+        jobs.append((convs, template, chat_template_for(template, tok), [chat_messages(c) for c in convs]))
+    n = sum(len(job[0]) for job in jobs)
+
+    def huarizo() -> list[Any]:
+        return [tokenize_conversations(convs, template, tok, MAX_LENGTH)[0] for convs, template, _, _ in jobs]
+
+    def transformers_way() -> list[Any]:
+        out = []
+        for _, _, jinja, messages in jobs:
+            tok.chat_template = jinja
+            out.append(
+                tok.apply_chat_template(
+                    messages,
+                    return_assistant_tokens_mask=True,
+                    return_dict=True,
+                    truncation=True,
+                    max_length=MAX_LENGTH,
+                )
+            )
+        return out
+
+    rendered = [
+        ["".join(s.text for s in template.render(c, eos=tok.eos_token, bos=tok.bos_token)) for c in convs]
+        for convs, template, _, _ in jobs
+    ]
+
+    def tokenizer_alone() -> list[Any]:
+        return [tok(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"] for texts in rendered]
+
+    times: dict[str, list[tuple[float, float]]] = {"huarizo": [], "apply_chat_template": [], "tokenizer": []}
+    outputs: dict[str, Any] = {}
+
+    def peers() -> None:  # before each Huarizo round, outside its timing
+        for key, fn in (("apply_chat_template", transformers_way), ("tokenizer", tokenizer_alone)):
+            cpu, wall, outputs[key] = timed(fn)
+            times[key].append((cpu, wall))
 
     def ours() -> None:
-        result["stats"] = tokenize_conversations(convs, ALPACA, tok, MAX_LENGTH)[1]
+        cpu, wall, outputs["huarizo"] = timed(huarizo)
+        times["huarizo"].append((cpu, wall))
 
-    benchmark.pedantic(ours, rounds=1, iterations=1)
-    ours_s = benchmark.stats.stats.mean
-    ratio = baseline_s / ours_s
-    benchmark.extra_info.update(records=len(convs), baseline_s=baseline_s, ours_s=ours_s, ratio=ratio)
+    benchmark.pedantic(ours, setup=peers, rounds=ROUNDS, iterations=1)
+
+    same = 0
+    for samples, hf in zip(outputs["huarizo"], outputs["apply_chat_template"], strict=True):
+        for sample, ids, mask in zip(samples, hf["input_ids"], hf["assistant_masks"], strict=True):
+            trained = [int(label != IGNORE_INDEX) for label in sample.labels]
+            same += sample.input_ids.tolist() == ids and trained == mask
+    kept = sum(len(s) for s in outputs["huarizo"])
+    assert kept == n  # no record is dropped at this length
+
+    rate = {k: n / statistics.median(c for c, _ in v) for k, v in times.items()}
+    wall = {k: n / statistics.median(w for _, w in v) for k, v in times.items()}
+    ratio = rate["huarizo"] / rate["apply_chat_template"]
+    figures.baseline("apply_chat_template", "transformers apply_chat_template(return_assistant_tokens_mask=True)")
+    figures.baseline("tokenizer", "the tokenizer's batch call alone, no mask")
+    figures.add("records_per_cpu_s", rate["huarizo"], "records/CPU-s", "higher", "Huarizo, verified")
+    figures.add("apply_chat_template_records_per_cpu_s", rate["apply_chat_template"], "records/CPU-s", "higher")
+    figures.add("tokenizer_records_per_cpu_s", rate["tokenizer"], "records/CPU-s", "higher")
+    figures.add("ratio_vs_apply_chat_template", ratio, "x", "higher", "CPU-time ratio")
+    figures.add("share_of_tokenizer_speed", rate["huarizo"] / rate["tokenizer"], "x", "higher")
+    figures.add("identical_to_apply_chat_template", same / n, "share", "higher", "same ids and mask")
+    benchmark.extra_info.update(records=n, tokenizer=tokenizer, vocab=len(tok))
     print(
-        f"\n[formats masking, distinct] {len(convs)} different records: Stanford Alpaca way "
-        f"{len(convs) / baseline_s:,.0f} rec/s, Huarizo {len(convs) / ours_s:,.0f} rec/s: {ratio:.1f}x "
-        f"({result['stats'].cached} on the cached path)"
+        f"\n[formats masking, {tokenizer}, {len(tok):,} tokens] {n:,} distinct records, records per CPU-second "
+        f"(wall): Huarizo {rate['huarizo']:,.0f} ({wall['huarizo']:,.0f}), apply_chat_template "
+        f"{rate['apply_chat_template']:,.0f} ({wall['apply_chat_template']:,.0f}), tokenizer alone "
+        f"{rate['tokenizer']:,.0f} ({wall['tokenizer']:,.0f}): x{ratio:.2f} vs apply_chat_template; same ids and "
+        f"mask on {same:,} of {n:,}"
     )

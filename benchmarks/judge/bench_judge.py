@@ -20,9 +20,8 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
-from huarizo.formats.testing import ScriptedServer
+from huarizo.formats.testing import ScriptedServer, prefer_longer
 from huarizo.judge import GradeConfig, grade
-from huarizo.judge.testing import prefer_longer
 
 SHARED = Path(os.environ.get("HUARIZO_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 LEGACY = SHARED / "fastchat" / "vicuna80_legacy"

@@ -33,7 +33,7 @@ def test_gpu_1b_throughput(benchmark: Any, tmp_path: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from huarizo.formats import read_records, to_conversations
-    from huarizo.formats.tiny import train_tokenizer
+    from huarizo.formats.models import train_tokenizer
 
     convs = [c for r in read_records(ALPACA).records for c in to_conversations(r)]
     tok = train_tokenizer([m.text for c in convs for m in c.messages], vocab_size=32000)

@@ -24,14 +24,14 @@ def _byte_fallback_base(folder: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from huarizo.formats.tiny import _CORPUS
+    from huarizo.formats.models.tiny import CORPUS as TINY_CORPUS
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     specials = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)]]
     trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+    tok.train_from_iterator(TINY_CORPUS.splitlines() * 4, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

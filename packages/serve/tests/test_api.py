@@ -378,3 +378,32 @@ def test_newline_stop_inside_an_added_token(newline_server: RunningServer, strea
         logit_bias={str(nn): 30},
     )
     assert (chat.choices[0].message.content, chat.choices[0].finish_reason) == ("", "stop")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_reason_says_what_ended_the_answer(newline_server: RunningServer, stream: bool, tmp_path: Path) -> None:
+    """vLLM's `stop_reason`: the stop string that matched, the stop token's id, or null for end of sequence and for
+    `length`; in the final streamed chunk too. Huarizo's own client reads it (`ended_by_itself`)."""
+    from huarizo.formats.llm import LLMClient
+
+    tok = newline_server.served.tokenizer
+    nn, im_end, eos = tok.convert_tokens_to_ids("\n\n"), tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id
+    c = _client(newline_server)
+    base: dict[str, Any] = {"model": "nl", "prompt": "Name a colour.", "max_tokens": 12, "temperature": 0}
+    cases = [  # (request, finish_reason, stop_reason)
+        ({"logit_bias": {str(nn): 30}, "stop": ["zz", "\n"]}, "stop", "\n"),
+        ({"logit_bias": {str(im_end): 100}, "stop": ["<|im_end|>"]}, "stop", im_end),
+        ({"logit_bias": {str(eos): 100}}, "stop", None),
+        ({"extra_body": {"ignore_eos": True}, "logit_bias": {str(eos): 100}}, "length", None),
+    ]
+    for extra, finish, stop in cases:
+        if stream:
+            last = [ch.choices[0] for ch in c.completions.create(**base, **extra, stream=True) if ch.choices][-1]
+        else:
+            last = c.completions.create(**base, **extra).choices[0]
+        assert (last.finish_reason, (last.model_extra or {}).get("stop_reason", "missing")) == (finish, stop), extra
+    client = LLMClient("openai/nl", api_base=newline_server.base_url, cache_dir=tmp_path / "cache", mode="completion")
+    by_string = client.complete("Name a colour.", max_tokens=12, temperature=0, stop=["\n"], logit_bias={str(nn): 30})
+    by_eos = client.complete("Name a colour.", max_tokens=12, temperature=0, logit_bias={str(eos): 100})
+    assert (by_string.stop_reason, by_string.ended_by_itself) == ("\n", False)
+    assert (by_eos.finish_reason, by_eos.stop_reason, by_eos.ended_by_itself) == ("stop", None, True)

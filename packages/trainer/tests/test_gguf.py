@@ -168,7 +168,7 @@ def test_trained_extended_model_in_every_type(qtype: str, trained: Path, tmp_pat
     g_model, g_tok = _load_gguf(out)
     assert g_tok(ANSWER).input_ids == tok(ANSWER).input_ids  # the new Chinese tokens survive the round trip
     answer = _chat_answer(g_model, g_tok)  # through the GGUF's own chat template and end of turn
-    if qtype.startswith("q4"):  # 4 bits on a 64-wide model: the answer survives, its stop may not
+    if qtype.startswith(("q4", "q5")):  # 4-5 bits on a 64-wide model: the answer survives, its stop may not
         assert answer.startswith(ANSWER), answer
     else:
         assert answer == ANSWER

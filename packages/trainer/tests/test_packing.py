@@ -52,3 +52,36 @@ def test_packed_per_sample_loss_equals_unpacked(tiny_model_dir: Path, tiny_token
         # and the whole packed row's loss is the sum of the samples' losses
         total = sum(float(model(**collate([[i]], samples, tiny_tokenizer.pad_token_id, packed=True))) for i in picked)
         assert abs(float(model(**packed)) - total) < 1e-3 * total
+
+
+def test_sliding_window_model_runs_sample_by_sample_when_no_sample_reaches_the_window(
+    tiny_tokenizer,  # type: ignore[no-untyped-def]
+) -> None:
+    """Gemma 3's layout (sliding and full layers, query scaling, no soft-capping): when every sample fits in the
+    window, `varlen_attention` gives the loss of sdpa with its sliding-window mask; when one may not, no switch."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=64,
+        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        query_pre_attn_scalar=16,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    samples, _, _ = load_samples(DataConfig(files=[DATA], max_length=64), tiny_tokenizer, seed=0)
+    packed = collate([[0, 1, 2, 3]], samples, tiny_tokenizer.pad_token_id, packed=True)
+    base = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        expected = float(SFTModel(base).eval()(**packed))  # sdpa, with the block-diagonal sliding-window mask
+    assert not use_varlen_attention(base, max_length=65)  # a sample could pass the window: stays on sdpa
+    assert use_varlen_attention(base, max_length=64)
+    with torch.no_grad():
+        got = float(SFTModel(base).eval()(**packed))
+    assert got == pytest.approx(expected, rel=1e-5)

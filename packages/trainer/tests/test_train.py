@@ -92,6 +92,20 @@ def test_grad_accumulation_normalises_by_trained_tokens(run_train: RunTrain, bas
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
 
 
+def test_grad_norm_is_logged_at_every_zero_stage(run_train: RunTrain, base_config: dict[str, Any]) -> None:
+    """ZeRO-0 (a plain torch optimizer, whose norm DeepSpeed does not keep) logs the same gradient norms as ZeRO-2
+    on the same run: the norm of the step's accumulated gradients, before clipping."""
+    norms = []
+    for stage in (0, 2):
+        cfg = base_config | {"deepspeed": {"stage": stage}, "output_dir": f"{base_config['output_dir']}-z{stage}"}
+        cfg["optim"] = cfg["optim"] | {"grad_accum": 2, "max_steps": 3, "lr": 3e-3, "clip": 0.5}
+        run_train(cfg)
+        norms.append([r["grad_norm"] for r in read_metrics(Path(cfg["output_dir"]))])
+    zero0, zero2 = norms
+    assert len(zero0) == 3 and all(n > 0.5 for n in zero2)  # above the clip: the norm logged is the one before it
+    torch.testing.assert_close(zero0, zero2, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_resume_after_kill_9_reproduces_the_uninterrupted_run(
     run_train: RunTrain, base_config: dict[str, Any], lora: bool

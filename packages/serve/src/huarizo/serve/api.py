@@ -503,10 +503,11 @@ class _Routes:
     def answer(self, i: int, c: _Choice, f: Finished, chat: bool) -> dict[str, Any]:
         """Choice `i` of a whole (not streamed) answer, with its logprobs when asked for."""
         fmt = _Logprobs(self.tokens)
+        ends: dict[str, Any] = {"finish_reason": f.reason, "stop_reason": f.stop_reason}
         if chat:
             content = {"content": fmt.chat(f.logprobs), "refusal": None} if c.params.logprobs is not None else None
             message = {"role": "assistant", "content": f.text}
-            return {"index": i, "message": message, "finish_reason": f.reason, "logprobs": content}
+            return {"index": i, "message": message, **ends, "logprobs": content}
         text, lps = f.text, None
         if c.echo is not None:
             text = c.echo + f.text
@@ -515,7 +516,7 @@ class _Routes:
             fmt.restart(len(c.echo))
         if c.params.logprobs is not None:
             lps = _join(lps, fmt.completion([t.token for t in f.logprobs], f.logprobs))
-        return {"index": i, "text": text, "finish_reason": f.reason, "logprobs": lps}
+        return {"index": i, "text": text, **ends, "logprobs": lps}
 
 
 def create_app(served: ServedModel, cfg: ServeConfig) -> FastAPI:
@@ -701,14 +702,17 @@ async def _stream(
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
         return f"data: {json.dumps({**head, 'object': obj, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
 
-    def choice(i: int, text: str | None, reason: str | None, lps: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
+    def choice(
+        i: int, text: str | None, reason: str | None, lps: Sequence[TokenLogprob] = (), stop: str | int | None = None
+    ) -> dict[str, Any]:
         want = choices[i].params.logprobs is not None
+        ends = {"finish_reason": reason, "stop_reason": stop}
         if chat:
             delta = {} if text is None else {"content": text}
             content = {"content": fmts[i].chat(lps), "refusal": None} if want and lps else None
-            return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": content}
+            return {"index": i, "delta": delta, **ends, "logprobs": content}
         logprobs = fmts[i].completion([t.token for t in lps], lps) if want and lps else None
-        return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": logprobs}
+        return {"index": i, "text": text or "", **ends, "logprobs": logprobs}
 
     def echo(i: int, prompt_logprobs: PromptLogprobs | None) -> str:
         c = choices[i]
@@ -736,7 +740,7 @@ async def _stream(
             else:
                 finished[i] = ev
                 reason = "stop" if ev.reason in ("stop", "error", "cancelled") else ev.reason
-                yield chunk([choice(i, None, reason)])
+                yield chunk([choice(i, None, reason, stop=ev.stop_reason)])
         done = [finished[i] for i in range(len(handles))]
         _count(metrics, done)
         if include_usage:

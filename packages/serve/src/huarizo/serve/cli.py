@@ -9,7 +9,7 @@ from typing import Any
 from huarizo.formats import add_config_options, config_from_args
 from huarizo.serve.config import ChatConfig, ServeConfig
 
-_MODEL = ["model", "template", "device", "dtype", "max_model_len"]
+_MODEL = ["model", "template", "device", "dtype", "quantize", "max_model_len"]
 SERVE_FLAGS = [
     *_MODEL,
     "model_name",

@@ -12,6 +12,7 @@ DEFAULT_TEMPLATE = "alpaca"
 """The template used for a model whose tokenizer has no chat template (e.g. the embedded base model)."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Quantize = Literal["none", "int8", "int4"]
 
 
 SERVED = "served"
@@ -82,6 +83,11 @@ class ServeConfig(HuarizoConfig):
     dtype: Dtype = Field(
         "auto", description="weights' dtype; auto: bfloat16 on CPU and on GPUs that support it, else float16"
     )
+    quantize: Quantize = Field(
+        "none",
+        description="linear layers on CPU: none (the weights as loaded, repacked for oneDNN: exact), int8 or int4 "
+        "(weight-only quantisation: faster decoding, slightly different outputs; CPU and backend hf only)",
+    )
     max_batch_size: int = Field(16, ge=1, description="most sequences decoded together in one forward pass")
     max_model_len: int | None = Field(None, ge=16, description="context length (default: the model's)")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that sets none")
@@ -103,6 +109,15 @@ class ServeConfig(HuarizoConfig):
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "warning", description="uvicorn's log level"
     )
+
+    @model_validator(mode="after")
+    def _quantize_on_cpu(self) -> Self:
+        if self.quantize != "none" and (self.backend != "hf" or not self.device.startswith("cpu")):
+            raise ValueError(
+                f"quantize {self.quantize} is for Huarizo's engine on a CPU (device {self.device}, backend "
+                f"{self.backend}); on a GPU use quantize none, or vLLM's own quantisation"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_request_fits_the_queue(self) -> Self:

@@ -88,8 +88,9 @@ class Delta:
 
 @dataclass(frozen=True)
 class Finished:
-    """A sequence is done: why (`stop`, `length`, `cancelled`, `error`), its full text and token counts, and the
-    logprobs of every generated token (the one that ended it included) and of the prompt when asked for."""
+    """A sequence is done: why (`stop`, `length`, `cancelled`, `error`), its full text and token counts, the
+    logprobs of every generated token (the one that ended it included) and of the prompt when asked for, and what
+    stopped a `stop` (vLLM's `stop_reason`: the stop string, the stop token's id, None for end of sequence)."""
 
     reason: str
     text: str
@@ -98,6 +99,7 @@ class Finished:
     error: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     prompt_logprobs: PromptLogprobs | None = None
+    stop_reason: str | int | None = None
 
 
 Event = Delta | Finished
@@ -142,7 +144,7 @@ class TextTracker:
         self.prefix_offset, self.read_offset = 0, len(self.ids)
         self.text = ""
         self.sent = 0
-        self.stopped = False
+        self.stop: str | None = None
 
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
@@ -158,11 +160,16 @@ class TextTracker:
         self.text += full[len(prefix) :]
         hit = find_stop(self.text, self.stops, start)
         if hit >= 0:
-            self.stopped = True
+            self.stop = next(s for s in self.stops if self.text.find(s, start) == hit)
             self.text = self.text[:hit]
 
+    @property
+    def stopped(self) -> bool:
+        """Whether a stop string was found (`stop` says which)."""
+        return self.stop is not None
+
     def add(self, token_id: int) -> str:
-        """Append a token; returns the text that is now safe to send (sets `stopped` on a stop string)."""
+        """Append a token; returns the text that is now safe to send (sets `stop` on a stop string)."""
         self.ids.append(token_id)
         self._extend(final=False)
         if self.stopped:
@@ -264,7 +271,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renamed it
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.vocab_size = int(model.get_output_embeddings().out_features)
         self.prompt_logprobs_supported = self._head_matches()
         self.stats = EngineStats()
         self._queue: queue.Queue[_Seq | None] = queue.Queue()
@@ -535,13 +542,16 @@ class Engine:
         if logprob is not None:
             s.logprobs.append(logprob)
             s.unsent_logprobs.append(logprob)
-        if token in s.params.stop_token_ids or (token in self.eos_ids and not s.params.ignore_eos):
+        if token in self.eos_ids and not s.params.ignore_eos:
             self._finish(s, "stop", s.tracker.flush())
+            return
+        if token in s.params.stop_token_ids:
+            self._finish(s, "stop", s.tracker.flush(), stop_reason=token)
             return
         s.unsent_tokens += 1
         text = s.tracker.add(token)
-        if s.tracker.stopped:
-            self._finish(s, "stop", text)
+        if s.tracker.stop is not None:
+            self._finish(s, "stop", text, stop_reason=s.tracker.stop)
         elif s.generated >= s.params.max_tokens:
             self._finish(s, "length", text + s.tracker.flush())
         elif text:
@@ -549,14 +559,17 @@ class Engine:
             s.unsent_tokens = 0
             s.unsent_logprobs.clear()
 
-    def _finish(self, s: _Seq, reason: str, last: str = "", error: str | None = None) -> None:
+    def _finish(
+        self, s: _Seq, reason: str, last: str = "", error: str | None = None, stop_reason: str | int | None = None
+    ) -> None:
         if s.done:
             return
         s.done = True
         if reason != "cancelled" and (last or s.unsent_logprobs):
             s.sink(Delta(last, s.unsent_tokens, tuple(s.unsent_logprobs)))
         lps = tuple(s.logprobs)
-        s.sink(Finished(reason, s.tracker.text, len(s.prompt_ids), s.generated, error, lps, s.prompt_logprobs))
+        prompt_lps = s.prompt_logprobs
+        s.sink(Finished(reason, s.tracker.text, len(s.prompt_ids), s.generated, error, lps, prompt_lps, stop_reason))
 
     def _evict(self, running: list[_Seq], cache: Any, mask: Any) -> tuple[list[_Seq], Any, Any]:
         for s in running:

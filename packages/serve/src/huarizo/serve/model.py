@@ -20,11 +20,13 @@ def default_model_name(ref: str) -> str:
     return path.stem if path.suffix == ".gguf" else path.name if path.exists() else ref
 
 
-def served_fingerprint(ref: str, dtype: str, template: str) -> str:
-    """What `/v1/models` reports as `fingerprint`: changes with the model's files, its dtype or its template."""
+def served_fingerprint(ref: str, dtype: str, template: str, quantize: str = "none") -> str:
+    """What `/v1/models` reports as `fingerprint`: changes with the model's files, its dtype, its template or its
+    quantisation."""
     from huarizo.formats.models import model_fingerprint
 
-    return hashlib.sha256(f"{model_fingerprint(ref)} {dtype} {template}".encode()).hexdigest()[:16]
+    quantized = "" if quantize == "none" else f" {quantize}"
+    return hashlib.sha256(f"{model_fingerprint(ref)} {dtype} {template}{quantized}".encode()).hexdigest()[:16]
 
 
 def served_template(cfg: ServeConfig, tokenizer: Any) -> Template:
@@ -47,7 +49,8 @@ def split_stops(tokenizer: Any, stops: Sequence[str]) -> tuple[tuple[str, ...], 
 @dataclass
 class ServedModel:
     """What the API and the chat need: engine, tokenizer, template, the served name, and a fingerprint that changes
-    with the model's files, its dtype or its template (clients use it to tell a retrained model from the last one)."""
+    with the model's files, its dtype, its template or its quantisation (clients use it to tell a retrained model
+    from the last one)."""
 
     engine: Engine
     tokenizer: Any
@@ -60,9 +63,13 @@ class ServedModel:
         """Load the model of `cfg` and start its engine (a first-use conversion of the model says so to
         `announce`)."""
         from huarizo.formats.models import load_causal_lm
+        from huarizo.serve.attention import use_decode_attention
+        from huarizo.serve.quantize import optimize_linears
 
         dtype = resolve_dtype(cfg.dtype, cfg.device)
         model, tokenizer = load_causal_lm(cfg.model, dtype=dtype, device=cfg.device, announce=announce)
+        optimize_linears(model, cfg.quantize)
+        use_decode_attention(model)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         template = served_template(cfg, tokenizer)
@@ -74,7 +81,8 @@ class ServedModel:
             max_waiting=cfg.max_waiting_sequences,
         )
         name = cfg.model_name or default_model_name(cfg.model)
-        return cls(engine, tokenizer, template, name, served_fingerprint(cfg.model, dtype, template.name))
+        fingerprint = served_fingerprint(cfg.model, dtype, template.name, cfg.quantize)
+        return cls(engine, tokenizer, template, name, fingerprint)
 
     @property
     def context_length(self) -> int:

@@ -76,13 +76,24 @@ def varlen_attention(
     return torch.cat(rows).transpose(1, 2).contiguous(), None
 
 
-def use_varlen_attention(model: Any) -> bool:
-    """Switch a model from sdpa to `varlen_attention` when its attention is plain causal (no sliding window, no
-    soft-capping); returns whether it did."""
+_LAYER_KINDS = {"full_attention", "sliding_attention"}
+
+
+def use_varlen_attention(model: Any, max_length: int | None = None) -> bool:
+    """Switch a model from sdpa to `varlen_attention` when that is exact: causal attention without soft-capping,
+    and either no sliding window or one no sample reaches (every sample at most `max_length` tokens, at most the
+    window: then a sliding layer sees what a full one sees, as with Gemma 3's 512-token window at a max_length of
+    512 or less). Returns whether it switched."""
     from transformers import AttentionInterface
 
     config = model.config
-    plain = not any(getattr(config, k, None) for k in ("sliding_window", "attn_logit_softcapping", "layer_types"))
+    window = getattr(config, "sliding_window", None)
+    kinds = set(getattr(config, "layer_types", None) or ())
+    plain = (
+        not getattr(config, "attn_logit_softcapping", None)
+        and kinds <= _LAYER_KINDS
+        and (not window or (max_length is not None and max_length <= window))
+    )
     if config._attn_implementation != "sdpa" or not plain:
         return False
     AttentionInterface.register(VARLEN, varlen_attention)
@@ -121,8 +132,9 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def load_model(cfg: ModelConfig) -> Any:
-    """Load the causal LM to train (call under `HfDeepSpeedConfig` for ZeRO-3 so weights load partitioned)."""
+def load_model(cfg: ModelConfig, max_length: int | None = None) -> Any:
+    """Load the causal LM to train (call under `HfDeepSpeedConfig` for ZeRO-3 so weights load partitioned);
+    `max_length` (the longest sample) decides whether sliding-window attention can run sample by sample exactly."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model(cfg.ref)
@@ -144,10 +156,11 @@ def load_model(cfg: ModelConfig) -> Any:
             setattr(model, attr, None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    if cfg.attn_implementation in ("auto", "varlen") and not use_varlen_attention(model) and impl == "varlen":
+    varlen = cfg.attn_implementation in ("auto", "varlen") and use_varlen_attention(model, max_length)
+    if impl == "varlen" and not varlen:
         raise ModelBuildError(
-            "model.attn_implementation=varlen: this model's attention is not plain causal (sliding window or "
-            "soft-capping); use sdpa"
+            "model.attn_implementation=varlen: this model's attention is not plain causal (soft-capping, or a "
+            "sliding window shorter than data.max_length); use sdpa"
         )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -179,11 +192,165 @@ def add_lora(model: Any, cfg: LoraConfig) -> Any:
         raise ModelBuildError(f"lora.target_modules={cfg.target_modules!r}: {exc}") from None
 
 
+LOSS_CHUNK_BYTES = 2**27
+"""The fp32 logits of one chunk of trained positions in the chunked loss (128 MiB): how many rows a chunk holds is
+this divided by the vocabulary's size, so the loss's memory does not grow with the vocabulary."""
+
+
+def _chunked_ce(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    softcap: float | None,
+    scale: float | None,
+    grads: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Summed cross-entropy of `linear(hidden, weight, bias)` (soft-capped, then scaled, as the model does) against
+    `targets`, and the gradients asked for in `grads` (hidden, weight, bias), a chunk of rows at a time."""
+    rows = max(1, LOSS_CHUNK_BYTES // (4 * weight.shape[0]))
+    d_h = torch.empty_like(hidden) if grads[0] else None
+    d_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grads[1] else None
+    d_b = (
+        torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+        if grads[2] and bias is not None
+        else None
+    )
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for lo in range(0, hidden.shape[0], rows):
+        h, t = hidden[lo : lo + rows], targets[lo : lo + rows]
+        z = F.linear(h, weight, bias).float()
+        slope = None
+        if softcap:
+            z = z.div_(softcap).tanh_()
+            slope = 1 - z * z
+            z.mul_(softcap)
+        if scale:
+            z.mul_(scale)
+        picked = z.gather(1, t[:, None])
+        top = z.amax(dim=1, keepdim=True)
+        z = z.sub_(top).exp_()  # from here on in the logits' memory: exp, then the softmax and its gradient
+        total = z.sum(dim=1, keepdim=True)
+        loss += (total.log() + top - picked).sum()
+        if not any(grads):
+            continue
+        g = z.div_(total)
+        g[torch.arange(len(t), device=g.device), t] -= 1
+        if slope is not None:
+            g.mul_(slope)
+        if scale:
+            g.mul_(scale)
+        g = g.to(h.dtype)
+        if d_h is not None:
+            d_h[lo : lo + rows] = g @ weight
+        if d_w is not None:
+            if g.dtype == d_w.dtype:
+                d_w.addmm_(g.t(), h)
+            else:
+                d_w += (g.t() @ h).float()
+        if d_b is not None:
+            d_b += g.sum(0).float()
+    return loss, d_h, d_w, d_b
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """The output layer and the summed cross-entropy, chunk by chunk; the gradients are taken in the forward (where
+    each chunk's logits are at hand) and scaled by the loss's gradient in the backward (the liger-kernel idea)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        softcap: float | None,
+        scale: float | None,
+    ) -> torch.Tensor:
+        loss, d_h, d_w, d_b = _chunked_ce(
+            hidden,
+            weight,
+            bias,
+            targets,
+            softcap,
+            scale,
+            tuple(ctx.needs_input_grad[:3]),
+        )
+        ctx.grads = d_h, d_w, d_b
+        ctx.dtypes = weight.dtype, None if bias is None else bias.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        d_h, d_w, d_b = ctx.grads
+        ctx.grads = None
+        w_dtype, b_dtype = ctx.dtypes
+        return (
+            None if d_h is None else d_h.mul_(grad.to(d_h.dtype)),
+            None if d_w is None else d_w.mul_(grad).to(w_dtype),
+            None if d_b is None else d_b.mul_(grad).to(b_dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def _liger_loss(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, softcap: float | None) -> Any:
+    """liger-kernel's fused output layer and loss (CUDA, Triton), when it is installed."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return liger_fused_linear_cross_entropy(
+        hidden, head.weight, targets, head.bias, reduction="sum", softcap=softcap, accum_dtype=torch.float32
+    )
+
+
+def _checkpointed_ce(
+    head: nn.Module, h: torch.Tensor, t: torch.Tensor, softcap: float | None, scale: float | None
+) -> torch.Tensor:
+    z = head(h).float()
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    if scale:
+        z = z * scale
+    return F.cross_entropy(z, t, reduction="sum")
+
+
+def output_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, config: Any) -> torch.Tensor:
+    """The summed cross-entropy of the output layer `head` on `hidden` (one row per trained position) against
+    `targets`, without ever holding more than one chunk of logits (`LOSS_CHUNK_BYTES`) or their gradient.
+
+    A plain `nn.Linear` head (tied to the input embedding or not) goes through `_ChunkedLinearCrossEntropy`, or
+    liger-kernel on CUDA when it is installed; any other head (one carrying a LoRA adapter, say) runs chunk by chunk
+    under activation checkpointing. Exact: the loss and gradients are the full computation's.
+    """
+    softcap = getattr(config, "final_logit_softcapping", None) or None
+    scale = getattr(config, "logit_scale", None) or None
+    if type(head) is nn.Linear:
+        if hidden.is_cuda and scale is None and importlib.util.find_spec("liger_kernel"):
+            return _liger_loss(hidden, head, targets, softcap)
+        grad = torch.is_grad_enabled()
+        if grad and (hidden.requires_grad or head.weight.requires_grad):
+            loss: torch.Tensor = _ChunkedLinearCrossEntropy.apply(
+                hidden, head.weight, head.bias, targets, softcap, scale
+            )
+            return loss
+        return _chunked_ce(hidden, head.weight, head.bias, targets, softcap, scale, (False, False, False))[0]
+    from torch.utils.checkpoint import checkpoint
+
+    rows = max(1, LOSS_CHUNK_BYTES // (4 * int(config.vocab_size)))
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for lo in range(0, hidden.shape[0], rows):
+        h, t = hidden[lo : lo + rows], targets[lo : lo + rows]
+        total = total + checkpoint(_checkpointed_ce, head, h, t, softcap, scale, use_reentrant=False)
+    return total
+
+
 class SFTModel(nn.Module):
     """Wraps a causal LM; `forward(batch)` returns the summed cross-entropy over the trained tokens only.
 
-    The LM head runs only on positions that carry a target (the response tokens), which saves the vocabulary
-    projection, and the logits' memory, for every prompt and padding token.
+    The output layer runs only on positions that carry a target (the response tokens), which saves the vocabulary
+    projection for every prompt and padding token, and in chunks with the gradient taken per chunk
+    (`output_loss`), so the `[trained tokens, vocabulary]` logits never exist at once.
     """
 
     def __init__(self, lm: nn.Module) -> None:
@@ -201,16 +368,8 @@ class SFTModel(nn.Module):
         out = lm.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
         )
-        hidden = out[0]
         keep = targets != IGNORE_INDEX
-        logits = lm.get_output_embeddings()(hidden[keep]).float()
-        config = lm.config
-        if getattr(config, "final_logit_softcapping", None):
-            cap = config.final_logit_softcapping
-            logits = torch.tanh(logits / cap) * cap
-        if getattr(config, "logit_scale", None):
-            logits = logits * config.logit_scale
-        return F.cross_entropy(logits, targets[keep], reduction="sum")
+        return output_loss(lm.get_output_embeddings(), out[0][keep], targets[keep], lm.config)
 
 
 def export_template(lm: Any, tokenizer: Any, template: Template) -> None:

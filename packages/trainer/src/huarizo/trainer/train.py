@@ -219,6 +219,17 @@ def _all_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def _grad_norm(engine: Any) -> float | None:
+    """The 2-norm of the step's gradients, before clipping, where DeepSpeed keeps none: its ZeRO, bf16 and fp16
+    optimisers record it as they step, a plain torch optimiser (ZeRO-0 in fp32) does not. Called after the step's
+    last backward, when the gradients are reduced across processes, and before `engine.step()` clips and clears
+    them; None where the engine will know it."""
+    if hasattr(engine.optimizer, "_global_grad_norm"):
+        return None
+    norms = [torch.linalg.vector_norm(p.grad.float()) for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 def evaluate(engine: Any, samples: list[Sample], cfg: TrainConfig, pad_id: int) -> float:
     """Mean token loss over the eval samples; every rank runs the same number of forwards (ZeRO-3 gathers)."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -276,7 +287,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # ZeRO-3: transformers loads the weights straight into partitions while this object is alive.
     hf_ds = HfDeepSpeedConfig(conf) if conf["zero_optimization"].get("stage") == 3 else None
-    lm = load_model(cfg.model)
+    lm = load_model(cfg.model, cfg.data.max_length)
     if cfg.lora.enabled:
         lm = add_lora(lm, cfg.lora)
     if rank == 0:
@@ -341,20 +352,24 @@ def train(cfg: TrainConfig) -> TrainResult:
         n_tokens = float(sum(b["position_ids"].numel() for b in batches))
         trained, n_tokens = _all_sum([sum(mine), n_tokens])
         loss_sum = 0.0
-        for batch in batches:
+        done = step + 1
+        logged = done % cfg.output.log_steps == 0 or done == total
+        norm = None
+        for k, batch in enumerate(batches):
             summed = engine(**_to(batch, engine.device))
             engine.backward(summed * (world / trained), scale_wrt_gas=False)
+            if logged and k == len(batches) - 1:
+                norm = _grad_norm(engine)
             engine.step()
             loss_sum += float(summed.detach())
         (loss_sum,) = _all_sum([loss_sum])
         loss = loss_sum / trained
-        done = step + 1
         row: dict[str, Any] = {"step": done, "loss": loss}
-        if done % cfg.output.log_steps == 0 or done == total:
+        if logged:
             elapsed = time.perf_counter() - t0
             row |= {
                 "lr": float(engine.get_lr()[0]),
-                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "grad_norm": float(norm if norm is not None else engine.get_global_grad_norm() or 0.0),
                 "epoch": done / schedule.steps_per_epoch,
                 "trained_tokens": int(trained),
                 "tokens": int(n_tokens),
