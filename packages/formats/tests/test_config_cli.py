@@ -144,9 +144,34 @@ def test_cli_errors_have_no_traceback(tmp_path: Path) -> None:
     assert res.returncode == 1 and "unknown config 'no-such-config'" in res.stderr
 
 
-def test_model_references(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_version_lists_the_installed_packages() -> None:
+    res = run("--version")
+    assert res.returncode == 0 and "huarizo-formats 0." in res.stdout
+    assert all(line.startswith("huarizo-") for line in res.stdout.splitlines())
+
+
+def test_output_to_a_reader_that_left_ends_quietly(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"instruction": "Say hi.", "input": "", "output": "Hi."}\n' * 3, encoding="utf-8")
+    code = "import sys; from huarizo.formats.cli import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", code, "validate", str(data)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head` does once it has what it wanted: every write now fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == ""
+
+
+def test_model_references(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
     assert resolve_model(tiny_model_dir) == str(tiny_model_dir)
-    assert resolve_model("someorg/some-model") == "someorg/some-model"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"'someorg/some-model' not found: .* offline mode is on"):
+        resolve_model("someorg/some-model")  # a mistyped or absent hub id fails at once, not after retries
+    (tmp_path / "hub" / "models--someorg--some-model").mkdir(parents=True)
+    assert resolve_model("someorg/some-model") == "someorg/some-model"  # in the cache: transformers loads it
     with pytest.raises(ModelError, match=r"without config\.json"):
         resolve_model(tmp_path)
     with pytest.raises(ModelError, match="no such folder or file"):

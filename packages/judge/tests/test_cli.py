@@ -112,3 +112,10 @@ def test_shipped_configs_validate() -> None:
     for f in files:
         cfg = (AnswerConfig if f.name.startswith("answer") else GradeConfig).load(f)
         assert cfg.out.startswith("runs/judge/")
+
+
+def test_config_list_says_what_each_config_is_for(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["config", "list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "Configuration of `huarizo judge grade`" in lines["judge-grade"]
+    assert "Configuration of `huarizo judge harness`" in lines["judge-harness"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -126,23 +127,44 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
 def build_parser() -> argparse.ArgumentParser:
     """The root parser with the subcommands of every installed Huarizo package."""
     parser = argparse.ArgumentParser(prog="huarizo", description="Instruction data, fine-tuning, serving and judging.")
+    parser.add_argument("--version", action=_Versions, help="list the installed Huarizo packages and their versions")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for ep in sorted(entry_points(group=COMMAND_ENTRY_POINTS), key=lambda e: e.name):
         ep.load()(sub)
     return parser
 
 
+class _Versions(argparse.Action):
+    """`huarizo --version`: one line per installed Huarizo package, with its version."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from importlib.metadata import distributions
+
+        found = {d.metadata["Name"].lower(): d.version for d in distributions()}
+        print("\n".join(f"{name} {found[name]}" for name in sorted(found) if name.startswith("huarizo")))
+        parser.exit()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `huarizo` command; user errors are printed without a traceback."""
+    """Run the `huarizo` command; user errors are printed without a traceback, and output piped into a reader that
+    leaves early (`| head`) ends quietly."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left early is found here, not at exit
+        return code
     except HuarizoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader is gone: what is left to flush goes nowhere (as Python's docs advise)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 # ---- the commands of huarizo-formats -------------------------------------------------------------------------------
@@ -276,7 +298,10 @@ def _config(args: argparse.Namespace) -> int:
 
     classes = config_classes()
     if args.action == "list" or args.name is None:
-        print("\n".join(sorted(classes)))
+        width = max(map(len, classes), default=0)
+        for name in sorted(classes):
+            what = " ".join((classes[name].__doc__ or "").strip().split("\n\n")[0].split())
+            print(f"{name:<{width}}  {what.split('. ')[0]}".rstrip())
         return 0
     if args.name not in classes:
         raise HuarizoError(f"unknown config {args.name!r}; installed: {', '.join(sorted(classes)) or 'none'}")

@@ -6,7 +6,8 @@ A model reference is one of:
   the cache as a safetensors folder (atomically; safe when several processes start together);
 - `tiny`: a tiny random Llama with a tokenizer trained on the spot (tests and smoke runs), built once into the cache;
 - a local Hugging Face folder, or a `.gguf` file (converted into the cache like the embedded model);
-- anything else is passed to transformers as a hub id (works only where a hub is reachable).
+- anything else is a hub id, passed to transformers: it must be in the local Hugging Face cache or the hub within
+  reach (a mistyped id fails at once offline).
 """
 
 from __future__ import annotations
@@ -106,7 +107,39 @@ def resolve_model(ref: str | os.PathLike[str], *, announce: Announce | None = No
         raise ModelError(f"{path} is neither a model folder nor a .gguf file")
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise ModelError(f"model {ref!r} not found: no such folder or file")
+    _check_hub(ref)
     return ref
+
+
+def _check_hub(ref: str) -> None:
+    """A hub id must be in the local Hugging Face cache or the hub within reach; else it fails now, naming the
+    reference (transformers would retry for about 50 s before saying it cannot connect)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if (Path(constants.HF_HUB_CACHE) / f"models--{ref.replace('/', '--')}").is_dir():
+        return
+    offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in _OFFLINE)
+    if not offline:
+        if any(os.environ.get(k) for k in _PROXIES):
+            return  # the proxy resolves the hub's name
+        host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+        try:
+            socket.getaddrinfo(host, 443)
+            return
+        except OSError:
+            pass
+    why = "offline mode is on (HF_HUB_OFFLINE)" if offline else f"the hub ({host}) cannot be reached"
+    raise ModelError(
+        f"model {ref!r} not found: not a folder, a .gguf file, `embedded` or `tiny`, not in the local Hugging Face "
+        f"cache, and {why}"
+    )
+
+
+_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def model_fingerprint(ref: str | os.PathLike[str]) -> str:
