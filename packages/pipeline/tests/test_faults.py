@@ -23,6 +23,11 @@ import yaml
 from huarizo.formats.cli import main
 from huarizo.pipeline import RecipeConfig, StageError, run_recipe
 
+from .conftest import REPO
+
+KILL_HOOK = REPO / "packages" / "trainer" / "tests" / "kill_hook"
+"""The trainer tests' fault injection: a sitecustomize that SIGKILLs the trainer after a given step."""
+
 
 def datagen_recipe(run: Path, teacher_url: str, **datagen: Any) -> dict[str, Any]:
     return {
@@ -154,7 +159,9 @@ def test_trainer_killed_midway_then_rerun_continues(
 ) -> None:
     run = tmp_path / "run"
     recipe = RecipeConfig.model_validate(train_recipe(run, tiny_model_dir, steps=6))
-    monkeypatch.setenv("HUARIZO_TRAIN_KILL_AT_STEP", "3")  # the trainer SIGKILLs itself after step 3
+    # the trainer's test-only hook (loaded from PYTHONPATH at startup) SIGKILLs it right after step 3
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(KILL_HOOK), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("HUARIZO_TEST_KILL_AFTER_STEP", "3")
     with pytest.raises(StageError) as exc:
         run_recipe(recipe)
     assert str(exc.value).startswith(
@@ -162,7 +169,7 @@ def test_trainer_killed_midway_then_rerun_continues(
         "(step-2)"
     )
     assert (run / "filter" / "manifest.json").exists() and not (run / "train" / "manifest.json").exists()
-    monkeypatch.delenv("HUARIZO_TRAIN_KILL_AT_STEP")
+    monkeypatch.delenv("HUARIZO_TEST_KILL_AFTER_STEP")
     outcome = run_recipe(recipe)
     assert outcome.statuses["filter"] == "skipped" and outcome.ran == ["train"]
     assert [m["step"] for m in lines(run / "train" / "metrics.jsonl")] == list(range(1, 7))

@@ -16,6 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_CPU = REPO / "configs" / "train" / "tiny-cpu.yaml"
+KILL_HOOK = Path(__file__).resolve().parent / "kill_hook"
 
 
 def free_port() -> int:
@@ -32,6 +33,12 @@ def train_env(**extra: str) -> dict[str, str]:
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def kill_after(step: int) -> dict[str, str]:
+    """The environment that makes a training process SIGKILL itself right after step `step` (tests/kill_hook)."""
+    path = os.pathsep.join(p for p in (str(KILL_HOOK), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "HUARIZO_TEST_KILL_AFTER_STEP": str(step)}
 
 
 RunTrain = Callable[..., subprocess.CompletedProcess[str]]

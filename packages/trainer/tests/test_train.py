@@ -16,9 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from huarizo.formats import Conversation, Message, get_template
 from huarizo.formats.templates import template_for_tokenizer
-from huarizo.trainer.train import KILL_AT_STEP_ENV
 
-from .conftest import REPO, RunTrain, read_metrics, train_env
+from .conftest import REPO, RunTrain, kill_after, read_metrics, train_env
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -122,7 +121,7 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(
     straight_dir = Path(cfg["output_dir"])
     cfg["output_dir"] = f"{straight_dir}-killed"
     out = Path(cfg["output_dir"])
-    killed = run_train(cfg, env={KILL_AT_STEP_ENV: "5"}, check=False)
+    killed = run_train(cfg, env=kill_after(5), check=False)
     assert killed.returncode == -9
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-3"
@@ -153,7 +152,7 @@ def test_zero3_resume_loads_its_partitions_safely(run_train: RunTrain, base_conf
     cfg = base_config | {"deepspeed": {"stage": 3}}
     cfg["optim"] = cfg["optim"] | {"max_steps": 4}
     cfg["output"] = cfg["output"] | {"save_steps": 2}
-    killed = run_train(cfg, env={KILL_AT_STEP_ENV: "3"}, check=False)
+    killed = run_train(cfg, env=kill_after(3), check=False)
     assert killed.returncode == -9
     resumed = run_train(cfg)
     assert "resumed at 2" in resumed.stdout

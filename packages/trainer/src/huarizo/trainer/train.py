@@ -1,4 +1,4 @@
-"""The SFT recipe: one readable loop on a DeepSpeed engine, driven by one `TrainConfig`.
+"""The SFT recipe: `SFTRecipe`, one readable class on a DeepSpeed engine, driven by one `TrainConfig`.
 
 Run it as `huarizo train CONFIG.yaml` (one process), or under `torchrun` / the `deepspeed` launcher with
 `python -m huarizo.trainer CONFIG.yaml` (several processes and nodes). Each optimiser step takes `grad_accum`
@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import random
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -30,7 +30,7 @@ from huarizo.formats import IGNORE_INDEX, HuarizoError, JsonlAppender, write_rec
 from huarizo.formats.models import load_tokenizer
 from huarizo.formats.templates import get_template
 from huarizo.trainer.config import TrainConfig
-from huarizo.trainer.data import DataStats, Sample, Schedule, check_files, collate, load_samples
+from huarizo.trainer.data import Sample, Schedule, check_files, collate, load_samples
 from huarizo.trainer.model import (
     TEMPLATES_RECORD,
     SFTModel,
@@ -42,8 +42,7 @@ from huarizo.trainer.model import (
     save_hf_folder,
 )
 
-KILL_AT_STEP_ENV = "HUARIZO_TRAIN_KILL_AT_STEP"
-"""Fault injection for crash-recovery tests: the process SIGKILLs itself right after logging this step."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -252,186 +251,250 @@ def evaluate(engine: Any, samples: list[Sample], cfg: TrainConfig, pad_id: int) 
     return loss / max(tokens, 1.0)
 
 
+@dataclass
+class StepResult:
+    """One optimiser step, summed over every process."""
+
+    loss: float
+    trained_tokens: float
+    tokens: float
+    grad_norm: float | None
+
+
+class SFTRecipe:
+    """One fine-tuning run, driven by its `TrainConfig`: `setup()` builds the process group, data, model, DeepSpeed
+    engine and resume point; `train()` runs the remaining steps (`train_step` each, `save` every `save_steps`);
+    `save_final()` writes the model folder. `run()` does all three; `train(cfg)` is `SFTRecipe(cfg).run()`.
+
+    After each step (logged, evaluated, checkpointed) the recipe logs `step N/TOTAL: loss L` at INFO on the
+    `huarizo.trainer` logger, the record carrying `step`: a handler there follows the run from inside the process.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = cfg.output_dir
+        self.ckpt_dir = cfg.output_dir / "checkpoints"
+        self.start = 0
+        self.loss: float | None = None
+
+    def run(self) -> TrainResult:
+        """Set up, train, save the final folder; nothing is written into `output_dir` before the model is built."""
+        self.setup()
+        self.train()
+        final = self.save_final()
+        dist.barrier()
+        self._hf_ds = None
+        return TrainResult(self.out, final, self.total, self.start, self.loss)
+
+    def setup(self) -> None:
+        """Everything before the first step, in the order the random streams depend on: seeds, tokenizer and
+        data, model (LoRA initialised from the seeded stream), engine, then the checkpoint to resume from."""
+        preflight(self.cfg)
+        self.rank, self.world = setup_distributed()
+        random.seed(self.cfg.optim.seed)
+        torch.manual_seed(self.cfg.optim.seed)
+        self._setup_data()
+        self._setup_engine()
+        self._resume()
+        self.metrics = _Logger(self.cfg, self.start, self.rank == 0)
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.tokenizer = tok = load_tokenizer(cfg.model.tokenizer or cfg.model.ref)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.train_samples, self.eval_samples, self.stats = load_samples(cfg.data, tok, cfg.optim.seed)
+        self.schedule = Schedule.build(
+            [len(s) for s in self.train_samples],
+            cfg.batching,
+            cfg.data.max_length,
+            world_size=self.world,
+            grad_accum=cfg.optim.grad_accum,
+            epochs=cfg.optim.epochs,
+            max_steps=cfg.optim.max_steps,
+            seed=cfg.optim.seed,
+        )
+        self.total = len(self.schedule.steps)
+        self.data_order = hashlib.sha256(json.dumps(self.schedule.steps).encode()).hexdigest()
+
+    def _setup_engine(self) -> None:
+        import deepspeed
+        from transformers import get_scheduler
+        from transformers.integrations import HfDeepSpeedConfig
+
+        cfg = self.cfg
+        conf = ds_config(cfg, self.world)
+        # ZeRO-3: transformers loads the weights straight into partitions while this object is alive.
+        self._hf_ds = HfDeepSpeedConfig(conf) if conf["zero_optimization"].get("stage") == 3 else None
+        lm = load_model(cfg.model, cfg.data.max_length)
+        if cfg.lora.enabled:
+            lm = add_lora(lm, cfg.lora)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+            (self.out / "ds_config.json").write_text(json.dumps(conf, indent=2))
+            (self.out / "data_stats.json").write_text(json.dumps(self.stats.__dict__, indent=2))
+        model = SFTModel(lm)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optim = cfg.optim
+        optimizer = (
+            None
+            if "optimizer" in conf
+            else torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        )
+        scheduler = None
+        if optimizer is not None and "scheduler" not in conf:
+            warmup = math.ceil(optim.warmup_ratio * self.total)
+            scheduler = get_scheduler(optim.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=self.total)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params, config=conf
+        )
+
+    def _resume(self) -> None:
+        """Continue from `checkpoints/latest` (weights-only loading), if any and `output.resume`: the same data order
+        is required, and torch's RNG stream (dropout, e.g. LoRA's) continues where it was."""
+        from huarizo.trainer import checkpoint  # imports deepspeed, which must come after setup_distributed
+
+        tag = checkpoint.latest_tag(self.ckpt_dir) if self.cfg.output.resume else None
+        if tag is None:
+            return
+        client = checkpoint.load(self.engine, self.ckpt_dir, tag)
+        if client.get("data_order") != self.data_order:
+            raise checkpoint.ResumeError(
+                f"{self.ckpt_dir}: the checkpoint was written with other data, batching or seed, so resuming would "
+                "not continue the same run; use another output_dir or --set output.resume=false"
+            )
+        if not isinstance(client.get("step"), int):
+            raise checkpoint.ResumeError(
+                f"{self.ckpt_dir / tag}: the checkpoint does not say which step it was saved at"
+            )
+        self.start = client["step"]
+        if isinstance(client.get("rng"), torch.Tensor):
+            torch.set_rng_state(client["rng"])
+
+    def train(self) -> None:
+        """Run the steps from `start` to the end of the schedule: log, evaluate and checkpoint as configured."""
+        out = self.cfg.output
+        progress = None
+        if self.rank == 0 and out.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=self.total, initial=self.start, desc="train", unit="step", dynamic_ncols=True)
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+        for step in range(self.start, self.total):
+            done = step + 1
+            logged = done % out.log_steps == 0 or done == self.total
+            result = self.train_step(self.batches(step), grad_norm=logged)
+            self.loss = result.loss
+            self._log_metrics(done, result, logged)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{result.loss:.4f}")
+            if out.save_steps and done % out.save_steps == 0:
+                self.save(done)
+            log.info("step %d/%d: loss %.4f", done, self.total, result.loss, extra={"step": done})
+        if progress is not None:
+            progress.close()
+        if out.save_steps and self.start < self.total and self.total % out.save_steps:
+            self.save(self.total)
+        self.metrics.close()
+
+    def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        """This process's micro-batches of step `step` (from 0), as the schedule fixed them."""
+        packed = self.cfg.batching.mode == "packed"
+        return [collate(rows, self.train_samples, self.pad_id, packed) for rows in self.schedule.steps[step][self.rank]]
+
+    def train_step(self, batches: list[dict[str, torch.Tensor]], grad_norm: bool = False) -> StepResult:
+        """One optimiser step over this process's micro-batches: each micro-batch's summed token loss is scaled by
+        the step's trained tokens (all processes) before its backward, so the step's loss is their token mean.
+        `grad_norm`: measure the gradients' norm before `engine.step()` clips them where DeepSpeed keeps none."""
+        engine = self.engine
+        mine = sum(float((b["targets"] != IGNORE_INDEX).sum()) for b in batches)
+        tokens = float(sum(b["position_ids"].numel() for b in batches))
+        trained, tokens = _all_sum([mine, tokens])
+        loss_sum, norm = 0.0, None
+        for k, batch in enumerate(batches):
+            summed = engine(**_to(batch, engine.device))
+            engine.backward(summed * (self.world / trained), scale_wrt_gas=False)
+            if grad_norm and k == len(batches) - 1:
+                norm = _grad_norm(engine)
+            engine.step()
+            loss_sum += float(summed.detach())
+        (loss_sum,) = _all_sum([loss_sum])
+        return StepResult(loss_sum / trained, trained, tokens, norm)
+
+    def _log_metrics(self, done: int, result: StepResult, logged: bool) -> None:
+        """The step's row of metrics.jsonl: every `log_steps` steps, at each evaluation and at the end."""
+        row: dict[str, Any] = {"step": done, "loss": result.loss}
+        if logged:
+            norm = result.grad_norm if result.grad_norm is not None else self.engine.get_global_grad_norm()
+            row |= {
+                "lr": float(self.engine.get_lr()[0]),
+                "grad_norm": float(norm or 0.0),
+                "epoch": done / self.schedule.steps_per_epoch,
+                "trained_tokens": int(result.trained_tokens),
+                "tokens": int(result.tokens),
+                "elapsed_s": round(time.perf_counter() - self._t0, 3),
+                "cpu_s": round(time.process_time() - self._c0, 3),
+                "peak_mem_mb": round(_peak_memory_mb(), 1),
+            }
+        every = self.cfg.output.eval_steps
+        if self.eval_samples and (done == self.total or (every and done % every == 0)):
+            row["eval_loss"] = evaluate(self.engine, self.eval_samples, self.cfg, self.pad_id)
+        if len(row) > 2:
+            self.metrics.log(row)
+
+    def save(self, step: int) -> None:
+        """Checkpoint `step-N` (then `latest`, atomically), keeping the last `keep_checkpoints`."""
+        from huarizo.trainer import checkpoint
+
+        state = {"step": step, "data_order": self.data_order, "rng": torch.get_rng_state()}
+        checkpoint.save(self.engine, self.ckpt_dir, step, state, rank=self.rank)
+        if self.rank == 0:
+            for old in _checkpoints(self.ckpt_dir)[: -self.cfg.output.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def save_final(self) -> Path:
+        """The final HF folder (ZeRO-3 partitions consolidated; LoRA: `adapter/`, merged into `final/` when asked),
+        whose tokenizer carries the training template and whose `huarizo_templates.json` says which template every
+        data file was rendered with; then the loss curve and the model cards."""
+        cfg, engine, stats, tokenizer = self.cfg, self.engine, self.stats, self.tokenizer
+        if engine.zero_optimization_partition_weights():
+            state = engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = engine.module.state_dict() if self.rank == 0 else None
+        final = self.out / "final"
+        if self.rank == 0:
+            assert state is not None
+            state = {k.removeprefix("lm."): v for k, v in state.items()}
+            lm = engine.module.lm
+            template = get_template(stats.template, tokenizer)
+            record = {"chat_template": stats.template, "files": stats.templates, "records": stats.records}
+            if cfg.lora.enabled:
+                adapter = self.out / "adapter"
+                export_template(lm, tokenizer, template)
+                lm.save_pretrained(adapter, state_dict=state)
+                tokenizer.save_pretrained(adapter)
+                (adapter / TEMPLATES_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+                if cfg.lora.merge:
+                    merge_lora(cfg.model.ref, adapter, final, dtype=cfg.model.dtype)
+            else:
+                save_hf_folder(lm, state, tokenizer, final, template, record)
+        dist.barrier()
+        if self.rank == 0:
+            plot_loss(self.out / "metrics.jsonl", self.out / "loss_curve.png")
+            from huarizo.trainer.card import write_train_cards
+
+            write_train_cards(cfg, final)
+        return final
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data` and write `cfg.output_dir` (checkpoints/, metrics.jsonl, final/, ...).
 
     Nothing is written into `output_dir` until the data is read and the model is built: a bad file or setting fails
     without touching a run folder.
     """
-    preflight(cfg)
-    rank, world = setup_distributed()
-    import deepspeed
-    from transformers import get_scheduler
-    from transformers.integrations import HfDeepSpeedConfig
-
-    out = cfg.output_dir
-    seed = cfg.optim.seed
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.ref)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_s, eval_s, stats = load_samples(cfg.data, tokenizer, seed)
-    schedule = Schedule.build(
-        [len(s) for s in train_s],
-        cfg.batching,
-        cfg.data.max_length,
-        world_size=world,
-        grad_accum=cfg.optim.grad_accum,
-        epochs=cfg.optim.epochs,
-        max_steps=cfg.optim.max_steps,
-        seed=seed,
-    )
-    total = len(schedule.steps)
-    conf = ds_config(cfg, world)
-
-    # ZeRO-3: transformers loads the weights straight into partitions while this object is alive.
-    hf_ds = HfDeepSpeedConfig(conf) if conf["zero_optimization"].get("stage") == 3 else None
-    lm = load_model(cfg.model, cfg.data.max_length)
-    if cfg.lora.enabled:
-        lm = add_lora(lm, cfg.lora)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-        (out / "ds_config.json").write_text(json.dumps(conf, indent=2))
-        (out / "data_stats.json").write_text(json.dumps(stats.__dict__, indent=2))
-    model = SFTModel(lm)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = (
-        None
-        if "optimizer" in conf
-        else torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    )
-    scheduler = None
-    if optimizer is not None and "scheduler" not in conf:
-        warmup = math.ceil(cfg.optim.warmup_ratio * total)
-        scheduler = get_scheduler(cfg.optim.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params, config=conf
-    )
-
-    from huarizo.trainer import checkpoint  # imports deepspeed, which must come after setup_distributed
-
-    ckpt_dir = out / "checkpoints"
-    order = hashlib.sha256(json.dumps(schedule.steps).encode()).hexdigest()
-    start = 0
-    tag = checkpoint.latest_tag(ckpt_dir) if cfg.output.resume else None
-    if tag is not None:
-        client = checkpoint.load(engine, ckpt_dir, tag)
-        if client.get("data_order") != order:
-            raise checkpoint.ResumeError(
-                f"{ckpt_dir}: the checkpoint was written with other data, batching or seed, so resuming would not "
-                "continue the same run; use another output_dir or --set output.resume=false"
-            )
-        if not isinstance(client.get("step"), int):
-            raise checkpoint.ResumeError(f"{ckpt_dir / tag}: the checkpoint does not say which step it was saved at")
-        start = client["step"]
-        if isinstance(client.get("rng"), torch.Tensor):  # dropout (e.g. LoRA's) draws on it: continue its stream
-            torch.set_rng_state(client["rng"])
-    logger = _Logger(cfg, start, rank == 0)
-    packed = cfg.batching.mode == "packed"
-    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, 0))
-    progress = None
-    if rank == 0 and cfg.output.progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-    def save(step: int) -> None:
-        state = {"step": step, "data_order": order, "rng": torch.get_rng_state()}
-        checkpoint.save(engine, ckpt_dir, step, state, rank=rank)
-        if rank == 0:
-            for old in _checkpoints(ckpt_dir)[: -cfg.output.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-
-    loss = None
-    t0, c0 = time.perf_counter(), time.process_time()
-    for step in range(start, total):
-        batches = [collate(rows, train_s, pad_id, packed) for rows in schedule.steps[step][rank]]
-        mine = [float((b["targets"] != IGNORE_INDEX).sum()) for b in batches]
-        n_tokens = float(sum(b["position_ids"].numel() for b in batches))
-        trained, n_tokens = _all_sum([sum(mine), n_tokens])
-        loss_sum = 0.0
-        done = step + 1
-        logged = done % cfg.output.log_steps == 0 or done == total
-        norm = None
-        for k, batch in enumerate(batches):
-            summed = engine(**_to(batch, engine.device))
-            engine.backward(summed * (world / trained), scale_wrt_gas=False)
-            if logged and k == len(batches) - 1:
-                norm = _grad_norm(engine)
-            engine.step()
-            loss_sum += float(summed.detach())
-        (loss_sum,) = _all_sum([loss_sum])
-        loss = loss_sum / trained
-        row: dict[str, Any] = {"step": done, "loss": loss}
-        if logged:
-            elapsed = time.perf_counter() - t0
-            row |= {
-                "lr": float(engine.get_lr()[0]),
-                "grad_norm": float(norm if norm is not None else engine.get_global_grad_norm() or 0.0),
-                "epoch": done / schedule.steps_per_epoch,
-                "trained_tokens": int(trained),
-                "tokens": int(n_tokens),
-                "elapsed_s": round(elapsed, 3),
-                "cpu_s": round(time.process_time() - c0, 3),
-                "peak_mem_mb": round(_peak_memory_mb(), 1),
-            }
-        every = cfg.output.eval_steps
-        if eval_s and (done == total or (every and done % every == 0)):
-            row["eval_loss"] = evaluate(engine, eval_s, cfg, pad_id)
-        if len(row) > 2:
-            logger.log(row)
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}")
-        if cfg.output.save_steps and done % cfg.output.save_steps == 0:
-            save(done)
-        if kill_at == done and rank == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-    if progress is not None:
-        progress.close()
-    if cfg.output.save_steps and start < total and total % cfg.output.save_steps:
-        save(total)
-    logger.close()
-
-    final = _write_final(cfg, engine, tokenizer, rank, stats)
-    if rank == 0:
-        plot_loss(out / "metrics.jsonl", out / "loss_curve.png")
-        from huarizo.trainer.card import write_train_cards
-
-        write_train_cards(cfg, final)
-    dist.barrier()
-    del hf_ds
-    return TrainResult(out, final, total, start, loss)
-
-
-def _write_final(cfg: TrainConfig, engine: Any, tokenizer: Any, rank: int, stats: DataStats) -> Path:
-    """The final HF folder (ZeRO-3 partitions consolidated), whose tokenizer carries the training template and whose
-    `huarizo_templates.json` says which template every data file was rendered with."""
-    if engine.zero_optimization_partition_weights():
-        state = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state = engine.module.state_dict() if rank == 0 else None
-    final = cfg.output_dir / "final"
-    if rank == 0:
-        assert state is not None
-        state = {k.removeprefix("lm."): v for k, v in state.items()}
-        lm = engine.module.lm
-        template = get_template(stats.template, tokenizer)
-        record = {"chat_template": stats.template, "files": stats.templates, "records": stats.records}
-        if cfg.lora.enabled:
-            adapter = cfg.output_dir / "adapter"
-            export_template(lm, tokenizer, template)
-            lm.save_pretrained(adapter, state_dict=state)
-            tokenizer.save_pretrained(adapter)
-            (adapter / TEMPLATES_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            if cfg.lora.merge:
-                merge_lora(cfg.model.ref, adapter, final, dtype=cfg.model.dtype)
-        else:
-            save_hf_folder(lm, state, tokenizer, final, template, record)
-    dist.barrier()
-    return final
+    return SFTRecipe(cfg).run()
 
 
 def plot_loss(metrics: Path, png: Path) -> Path | None:
