@@ -26,7 +26,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from huarizo.formats.errors import HuarizoError
+from huarizo.formats import HuarizoError
 
 
 class EngineError(HuarizoError):

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huarizo.formats.schemas import Conversation
-from huarizo.formats.templates import Template, get_template, template_for_tokenizer
+from huarizo.formats import Conversation, Template, get_template, template_for_tokenizer
 from huarizo.serve.config import DEFAULT_TEMPLATE, ServeConfig, resolve_dtype
 from huarizo.serve.engine import Engine, SamplingParams
 

@@ -15,9 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from huarizo.formats import IGNORE_INDEX, HuarizoError
+from huarizo.formats import (
+    IGNORE_INDEX,
+    HuarizoError,
+    Template,
+    chat_template_for,
+    end_of_turn_ids,
+    template_for_tokenizer,
+)
 from huarizo.formats.models import resolve_model
-from huarizo.formats.templates import Template, chat_template_for, end_of_turn_ids, template_for_tokenizer
 from huarizo.trainer.config import LoraConfig, ModelConfig
 
 
