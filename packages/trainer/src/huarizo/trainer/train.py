@@ -26,9 +26,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from huarizo.formats import IGNORE_INDEX, HuarizoError, JsonlAppender, write_records
+from huarizo.formats import IGNORE_INDEX, HuarizoError, JsonlAppender, ProgressBar, get_template, write_records
 from huarizo.formats.models import load_tokenizer
-from huarizo.formats.templates import get_template
 from huarizo.trainer.config import TrainConfig
 from huarizo.trainer.data import Sample, Schedule, check_files, collate, load_samples
 from huarizo.trainer.model import (
@@ -374,11 +373,9 @@ class SFTRecipe:
     def train(self) -> None:
         """Run the steps from `start` to the end of the schedule: log, evaluate and checkpoint as configured."""
         out = self.cfg.output
-        progress = None
-        if self.rank == 0 and out.progress:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=self.total, initial=self.start, desc="train", unit="step", dynamic_ncols=True)
+        progress = ProgressBar(
+            "train", self.total, enabled=self.rank == 0 and out.progress, completed=self.start, unit="steps"
+        )
         self._t0, self._c0 = time.perf_counter(), time.process_time()
         for step in range(self.start, self.total):
             done = step + 1
@@ -386,14 +383,11 @@ class SFTRecipe:
             result = self.train_step(self.batches(step), grad_norm=logged)
             self.loss = result.loss
             self._log_metrics(done, result, logged)
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{result.loss:.4f}")
+            progress.update(completed=done, info=f"loss {result.loss:.4f}")
             if out.save_steps and done % out.save_steps == 0:
                 self.save(done)
             log.info("step %d/%d: loss %.4f", done, self.total, result.loss, extra={"step": done})
-        if progress is not None:
-            progress.close()
+        progress.close()
         if out.save_steps and self.start < self.total and self.total % out.save_steps:
             self.save(self.total)
         self.metrics.close()
