@@ -102,23 +102,49 @@ def build_summary(
     source: str | None,
 ) -> dict[str, Any]:
     """Every figure the report shows."""
-    stages: dict[str, Any] = {}
-    for name, manifest in results.items():
-        r = manifest["result"]
-        stages[name] = {
-            "status": statuses.get(name, ""),
-            "skipped": statuses.get(name) != "done",
-            "seconds": r.get("seconds", 0.0),
-            "tokens": int(r.get("prompt_tokens", 0)) + int(r.get("completion_tokens", 0)),
-            "prompt_tokens": r.get("prompt_tokens", 0),
-            "completion_tokens": r.get("completion_tokens", 0),
-            "cost": r.get("cost"),
-            "outputs": r.get("outputs", {}),
-            "counts": r.get("counts", {}),
-            "finished_at": manifest.get("finished_at"),
-        }
+    stages = {name: _stage_figures(manifest, statuses.get(name, "")) for name, manifest in results.items()}
+    stages["serve"] = _serve_figures(servers)
+    summary: dict[str, Any] = {
+        "recipe": source,
+        "run_dir": str(recipe.run_dir),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "invocation_seconds": seconds,
+        "stages": stages,
+    }
+    data = _data_figures(results)
+    if data:
+        summary["data"] = data
+    if "train" in results:
+        summary["train"] = _train_figures(results["train"]["result"])
+    if "metrics" in results:
+        summary["models"] = _metric_figures(results["metrics"]["result"])
+    if "judge" in results:
+        summary["judge"] = _judge_summary(recipe, results["judge"]["result"])
+    summary["total"] = _totals(stages)
+    return summary
+
+
+def _stage_figures(manifest: dict[str, Any], status: str) -> dict[str, Any]:
+    """One stage's status, time, tokens, cost, outputs and counts, from its manifest."""
+    r = manifest["result"]
+    return {
+        "status": status,
+        "skipped": status != "done",
+        "seconds": r.get("seconds", 0.0),
+        "tokens": int(r.get("prompt_tokens", 0)) + int(r.get("completion_tokens", 0)),
+        "prompt_tokens": r.get("prompt_tokens", 0),
+        "completion_tokens": r.get("completion_tokens", 0),
+        "cost": r.get("cost"),
+        "outputs": r.get("outputs", {}),
+        "counts": r.get("counts", {}),
+        "finished_at": manifest.get("finished_at"),
+    }
+
+
+def _serve_figures(servers: Any) -> dict[str, Any]:
+    """The servers this invocation started: their start-up time and logs."""
     started = servers.started() if servers is not None else {}
-    stages["serve"] = {
+    return {
         "status": "done" if started else "skipped",
         "skipped": not started,
         "seconds": sum(s.seconds for s in started.values()),
@@ -127,54 +153,53 @@ def build_summary(
         "outputs": {n: str(s.log) for n, s in started.items()},
         "counts": {"servers": len(started)},
     }
-    summary: dict[str, Any] = {
-        "recipe": source,
-        "run_dir": str(recipe.run_dir),
-        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "invocation_seconds": seconds,
-        "stages": stages,
-    }
+
+
+def _data_figures(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The curation stages' counts and rejections per reason (datagen, filter, clean, those that ran)."""
     data: dict[str, Any] = {}
-    if "datagen" in results:
-        r = results["datagen"]["result"]
-        data["datagen"] = {**r["counts"], "rejected_by_reason": r.get("figures", {}).get("rejected_by_reason", {})}
-    for stage in ("filter", "clean"):
+    for stage in ("datagen", "filter", "clean"):
         if stage in results:
             r = results[stage]["result"]
             data[stage] = {**r["counts"], "rejected_by_reason": r.get("figures", {}).get("rejected_by_reason", {})}
-    if data:
-        summary["data"] = data
-    if "train" in results:
-        r = results["train"]["result"]
-        rows = [x for x in _loss_rows(Path(r["outputs"]["metrics"])) if "loss" in x]
-        smooth = smoothed([x["loss"] for x in rows], [float(x.get("trained_tokens", 1)) for x in rows])
-        summary["train"] = {
-            **r["counts"],
-            "final_loss": rows[-1]["loss"] if rows else None,
-            "final_loss_smoothed": smooth[-1] if smooth else None,
-            "first_loss_smoothed": smooth[0] if smooth else None,
-            "resumed_from": r.get("figures", {}).get("resumed_from"),
-            "model": r["outputs"]["model"],
-        }
-    if "metrics" in results:
-        models = {}
-        for name, m in results["metrics"]["result"]["figures"]["models"].items():
-            entry: dict[str, Any] = {"answers": m["answers"]}
-            for metric in ("stop_rate", "rouge_l", "exact_match"):
-                est = m[metric]
-                entry |= {metric: est["mean"], f"{metric}_ci": est["ci"], f"{metric}_se": est["standard_error"]}
-                entry[f"{metric}_n"] = est["n"]
-            models[name] = entry
-        summary["models"] = models
-    if "judge" in results:
-        summary["judge"] = _judge_summary(recipe, results["judge"]["result"])
-    work = [s for name, s in stages.items() if name != "serve"]  # servers start within the stages that use them
-    summary["total"] = {
+    return data
+
+
+def _train_figures(r: dict[str, Any]) -> dict[str, Any]:
+    """The training stage's counts and its first and last losses, raw and smoothed."""
+    rows = [x for x in _loss_rows(Path(r["outputs"]["metrics"])) if "loss" in x]
+    smooth = smoothed([x["loss"] for x in rows], [float(x.get("trained_tokens", 1)) for x in rows])
+    return {
+        **r["counts"],
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "final_loss_smoothed": smooth[-1] if smooth else None,
+        "first_loss_smoothed": smooth[0] if smooth else None,
+        "resumed_from": r.get("figures", {}).get("resumed_from"),
+        "model": r["outputs"]["model"],
+    }
+
+
+def _metric_figures(r: dict[str, Any]) -> dict[str, Any]:
+    """Per model: answers, and each reference metric's mean, interval, standard error and n."""
+    models = {}
+    for name, m in r["figures"]["models"].items():
+        entry: dict[str, Any] = {"answers": m["answers"]}
+        for metric in ("stop_rate", "rouge_l", "exact_match"):
+            est = m[metric]
+            entry |= {metric: est["mean"], f"{metric}_ci": est["ci"], f"{metric}_se": est["standard_error"]}
+            entry[f"{metric}_n"] = est["n"]
+        models[name] = entry
+    return models
+
+
+def _totals(stages: dict[str, Any]) -> dict[str, Any]:
+    """Time, tokens and cost over the stages (serve left out: servers start within the stages that use them)."""
+    work = [s for name, s in stages.items() if name != "serve"]
+    return {
         "seconds": sum(float(s.get("seconds") or 0) for s in work),
         "tokens": sum(int(s.get("tokens") or 0) for s in work),
         "cost": sum(s["cost"] for s in work if s.get("cost") is not None),
     }
-    return summary
 
 
 # ---- plots ---------------------------------------------------------------------------------------------------------
@@ -436,124 +461,165 @@ def write_report(
     doc.h(1, title)
     doc.p(f"Run folder {run}, recipe {source or '(Python API)'}, written {summary['written_at']}.")
     plots: list[str] = []
-
     if "data" in summary:
-        data = summary["data"]
-        doc.h(2, "Data")
-        rows = []
-        for stage, d in data.items():
-            total = d.get("generated", d.get("candidates", d.get("kept", 0) + d.get("rejected", 0)))
-            rows.append([stage, str(total), str(d.get("kept", 0)), str(d.get("rejected", 0)), _reasons(d)])
-        doc.table(["stage", "in", "kept", "rejected", "rejected by reason"], rows)
-        if data.get("datagen", {}).get("failed"):
-            doc.warn(f"{data['datagen']['failed']} teacher requests failed after their retries.")
-        if "filter" in data and data["filter"].get("seed_records"):
-            doc.p(f"The filter's input holds the {data['filter']['seed_records']} instances of the seed tasks.")
-        doc.image(plot_funnel(data, folder / "funnel.png"), "data funnel")
-        plots.append("funnel")
-
+        plots += _data_section(doc, summary["data"], folder)
     if "train" in summary:
-        t = summary["train"]
-        doc.h(2, "Training")
-        doc.p(
-            f"{t['steps']} optimiser steps on {t['trained_tokens']:,} trained tokens; loss (smoothed, weighted by "
-            f"trained tokens) {_num(t['first_loss_smoothed'])} → {_num(t['final_loss_smoothed'])}; last step's "
-            f"loss {_num(t['final_loss'])}."
-            + (f" Continued from checkpoint {t['resumed_from']}." if t.get("resumed_from") else "")
-        )
-        png = plot_loss(Path(results["train"]["result"]["outputs"]["metrics"]), folder / "loss.png")
-        doc.image(png, "training loss")
-        if png is not None:
-            plots.append("loss")
-
+        plots += _train_section(doc, summary["train"], Path(results["train"]["result"]["outputs"]["metrics"]), folder)
     if "models" in summary:
-        doc.h(2, "Reference metrics")
-        rows = [
-            [
-                name,
-                str(m["answers"]),
-                f"{_pct(m['stop_rate'])} {_ci(m['stop_rate_ci'])}",
-                f"{_num(m['rouge_l'])} {_ci(m['rouge_l_ci'], pct=False)}",
-                f"{_pct(m['exact_match'])} {_ci(m['exact_match_ci'])}",
-            ]
-            for name, m in summary["models"].items()
-        ]
-        doc.table(["model", "answers", "stop rate", "ROUGE-L", "exact match"], rows)
-        doc.p(
-            "Stop rate: answers the model ended itself, at its end of turn (not cut at max_tokens, nor by a stop "
-            "string such as the template's next section header, which a base model writes when it runs on). ROUGE-L "
-            "and exact match (normalised case, whitespace and punctuation) against each question's reference. "
-            "Intervals: 95% percentile bootstrap over the questions."
-        )
-        doc.image(plot_metrics(summary["models"], folder / "metrics.png"), "reference metrics")
-        plots.append("metrics")
+        plots += _metrics_section(doc, summary["models"], folder)
+    _answers_section(doc, recipe, results)
+    if "judge" in summary:
+        _judge_section(doc, summary["judge"])
+    _cost_section(doc, summary["stages"], summary["total"])
 
+    summary["report"] = {"markdown": str(run / "report.md"), "html": str(run / "report.html"), "plots": plots}
+    write_json_atomic(run / "summary.json", summary)
+    write_text_atomic(run / "report.md", doc.markdown(run))
+    write_text_atomic(run / "report.html", doc.html(title))
+    return summary
+
+
+def _data_section(doc: _Doc, data: dict[str, Any], folder: Path) -> list[str]:
+    """The data funnel: a table of each curation stage's records in, kept and rejected, and its plot."""
+    doc.h(2, "Data")
+    rows = []
+    for stage, d in data.items():
+        total = d.get("generated", d.get("candidates", d.get("kept", 0) + d.get("rejected", 0)))
+        rows.append([stage, str(total), str(d.get("kept", 0)), str(d.get("rejected", 0)), _reasons(d)])
+    doc.table(["stage", "in", "kept", "rejected", "rejected by reason"], rows)
+    if data.get("datagen", {}).get("failed"):
+        doc.warn(f"{data['datagen']['failed']} teacher requests failed after their retries.")
+    if "filter" in data and data["filter"].get("seed_records"):
+        doc.p(f"The filter's input holds the {data['filter']['seed_records']} instances of the seed tasks.")
+    doc.image(plot_funnel(data, folder / "funnel.png"), "data funnel")
+    return ["funnel"]
+
+
+def _train_section(doc: _Doc, t: dict[str, Any], metrics: Path, folder: Path) -> list[str]:
+    """Steps, trained tokens and losses in a sentence, and the loss curve."""
+    doc.h(2, "Training")
+    doc.p(
+        f"{t['steps']} optimiser steps on {t['trained_tokens']:,} trained tokens; loss (smoothed, weighted by "
+        f"trained tokens) {_num(t['first_loss_smoothed'])} → {_num(t['final_loss_smoothed'])}; last step's "
+        f"loss {_num(t['final_loss'])}."
+        + (f" Continued from checkpoint {t['resumed_from']}." if t.get("resumed_from") else "")
+    )
+    png = plot_loss(metrics, folder / "loss.png")
+    doc.image(png, "training loss")
+    return [] if png is None else ["loss"]
+
+
+def _metrics_section(doc: _Doc, models: dict[str, Any], folder: Path) -> list[str]:
+    """Stop rate, ROUGE-L and exact match per model with intervals, what they mean, and their plot."""
+    doc.h(2, "Reference metrics")
+    rows = [
+        [
+            name,
+            str(m["answers"]),
+            f"{_pct(m['stop_rate'])} {_ci(m['stop_rate_ci'])}",
+            f"{_num(m['rouge_l'])} {_ci(m['rouge_l_ci'], pct=False)}",
+            f"{_pct(m['exact_match'])} {_ci(m['exact_match_ci'])}",
+        ]
+        for name, m in models.items()
+    ]
+    doc.table(["model", "answers", "stop rate", "ROUGE-L", "exact match"], rows)
+    doc.p(
+        "Stop rate: answers the model ended itself, at its end of turn (not cut at max_tokens, nor by a stop "
+        "string such as the template's next section header, which a base model writes when it runs on). ROUGE-L "
+        "and exact match (normalised case, whitespace and punctuation) against each question's reference. "
+        "Intervals: 95% percentile bootstrap over the questions."
+    )
+    doc.image(plot_metrics(models, folder / "metrics.png"), "reference metrics")
+    return ["metrics"]
+
+
+def _answers_section(doc: _Doc, recipe: RecipeConfig, results: dict[str, dict[str, Any]]) -> None:
+    """A few questions with their reference and every model's answer, when the run answered any."""
     header, rows = _answers_side_by_side(recipe, results)
     if rows:
         doc.h(2, "Answers side by side")
         doc.table(header, rows)
 
-    if "judge" in summary:
-        j = summary["judge"]
-        doc.h(2, "Judge")
-        if j["smoke"]:
-            doc.warn(
-                f"The judge is {j['served_model']} (served by this run), a small base model: a smoke judge. "
-                "Its verdicts show that judging works end to end; they carry no weight as a measure of quality. "
-                "Point the judge at a strong model (a hosted API or a large served model) for verdicts that do."
-            )
-        read = ", ".join(f"{n} from {way}" for way, n in j["verdicts_read"].items() if n) or "none"
-        doc.p(
-            f"Judge: {j['judge']} ({j.get('mode')}); {j['judged']} of {j['n']} items got a verdict. Verdicts read: "
-            f"{read} (logprobs: from the verdict token's probabilities, in both answer orders)."
-        )
-        if j.get("mode") == "pairwise":
-            doc.table(
-                ["model", "baseline", "win rate", "standard error", "95% CI", "wins", "ties", "losses"],
-                [
-                    [
-                        str(j.get("model")),
-                        str(j.get("baseline")),
-                        _pct(j.get("win_rate")),
-                        _pct(j.get("standard_error"), 2),
-                        _ci(j.get("win_rate_ci")),
-                        str(j.get("wins")),
-                        str(j.get("ties")),
-                        str(j.get("losses")),
-                    ]
-                ],
-            )
-        else:
-            doc.table(
-                ["model", "mean score (1-10)", "standard error", "95% CI", "n", "errors"],
-                [
-                    [
-                        name,
-                        _num(m.get("mean"), 2),
-                        _num(m.get("standard_error"), 2),
-                        _ci(m.get("mean_ci"), pct=False),
-                        str(m.get("n")),
-                        str(m.get("errors")),
-                    ]
-                    for name, m in (j.get("models") or {}).items()
-                ],
-            )
-        audit = j.get("audit") or {}
-        if audit:
-            doc.p("Audit of the judge:")
-            rows = []
-            for key, value in audit.items():
-                if isinstance(value, dict):  # per way of reading verdicts: {logprobs: {n, position_consistency}}
-                    for way, sub in value.items():
-                        figures = ", ".join(f"{k.replace('_', ' ')} {_audit(v)}" for k, v in sub.items())
-                        rows.append([f"{key.replace('_', ' ')}: {way}", figures])
-                else:
-                    rows.append([key.replace("_", " "), _audit(value)])
-            doc.table(["check", "value"], rows)
 
+def _judge_section(doc: _Doc, j: dict[str, Any]) -> None:
+    """Who judged and how verdicts were read, the results table of its mode, and the judge's audit."""
+    doc.h(2, "Judge")
+    if j["smoke"]:
+        doc.warn(
+            f"The judge is {j['served_model']} (served by this run), a small base model: a smoke judge. "
+            "Its verdicts show that judging works end to end; they carry no weight as a measure of quality. "
+            "Point the judge at a strong model (a hosted API or a large served model) for verdicts that do."
+        )
+    read = ", ".join(f"{n} from {way}" for way, n in j["verdicts_read"].items() if n) or "none"
+    doc.p(
+        f"Judge: {j['judge']} ({j.get('mode')}); {j['judged']} of {j['n']} items got a verdict. Verdicts read: "
+        f"{read} (logprobs: from the verdict token's probabilities, in both answer orders)."
+    )
+    if j.get("mode") == "pairwise":
+        _pairwise_table(doc, j)
+    else:
+        _scores_table(doc, j)
+    audit = j.get("audit") or {}
+    if audit:
+        doc.p("Audit of the judge:")
+        doc.table(["check", "value"], _audit_rows(audit))
+
+
+def _pairwise_table(doc: _Doc, j: dict[str, Any]) -> None:
+    """The model's win rate against the baseline, with its standard error, interval and counts."""
+    doc.table(
+        ["model", "baseline", "win rate", "standard error", "95% CI", "wins", "ties", "losses"],
+        [
+            [
+                str(j.get("model")),
+                str(j.get("baseline")),
+                _pct(j.get("win_rate")),
+                _pct(j.get("standard_error"), 2),
+                _ci(j.get("win_rate_ci")),
+                str(j.get("wins")),
+                str(j.get("ties")),
+                str(j.get("losses")),
+            ]
+        ],
+    )
+
+
+def _scores_table(doc: _Doc, j: dict[str, Any]) -> None:
+    """Each model's mean 1-10 score, with its standard error, interval, n and errors."""
+    doc.table(
+        ["model", "mean score (1-10)", "standard error", "95% CI", "n", "errors"],
+        [
+            [
+                name,
+                _num(m.get("mean"), 2),
+                _num(m.get("standard_error"), 2),
+                _ci(m.get("mean_ci"), pct=False),
+                str(m.get("n")),
+                str(m.get("errors")),
+            ]
+            for name, m in (j.get("models") or {}).items()
+        ],
+    )
+
+
+def _audit_rows(audit: dict[str, Any]) -> list[list[str]]:
+    """One row per audit figure; figures kept per way of reading verdicts get one row per way."""
+    rows = []
+    for key, value in audit.items():
+        if isinstance(value, dict):  # per way of reading verdicts: {logprobs: {n, position_consistency}}
+            for way, sub in value.items():
+                figures = ", ".join(f"{k.replace('_', ' ')} {_audit(v)}" for k, v in sub.items())
+                rows.append([f"{key.replace('_', ' ')}: {way}", figures])
+        else:
+            rows.append([key.replace("_", " "), _audit(value)])
+    return rows
+
+
+def _cost_section(doc: _Doc, stages: dict[str, Any], total: dict[str, Any]) -> None:
+    """Each stage's status, time, tokens and cost, and their total."""
     doc.h(2, "Cost and time")
     rows = []
-    for name, s in summary["stages"].items():
+    for name, s in stages.items():
         cost = s.get("cost")
         rows.append(
             [
@@ -564,19 +630,12 @@ def write_report(
                 "unknown" if cost is None else f"${cost:.4f}",
             ]
         )
-    tot = summary["total"]
-    rows.append(["total", "", _seconds(tot["seconds"]), f"{tot['tokens']:,}", f"${tot['cost']:.4f}"])
+    rows.append(["total", "", _seconds(total["seconds"]), f"{total['tokens']:,}", f"${total['cost']:.4f}"])
     doc.table(["stage", "this run", "time", "tokens", "cost"], rows)
     doc.p(
         "Time, tokens and cost are those of each stage's last execution; skipped stages were up to date. The serve "
         "row is the start-up time of the servers this invocation started, already counted in the stages using them."
     )
-
-    summary["report"] = {"markdown": str(run / "report.md"), "html": str(run / "report.html"), "plots": plots}
-    write_json_atomic(run / "summary.json", summary)
-    write_text_atomic(run / "report.md", doc.markdown(run))
-    write_text_atomic(run / "report.html", doc.html(title))
-    return summary
 
 
 def _reasons(d: dict[str, Any]) -> str:
