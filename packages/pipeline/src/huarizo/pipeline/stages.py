@@ -21,6 +21,7 @@ from pydantic import Field
 from huarizo.formats import HuarizoError, StageResult
 from huarizo.formats.llm import log_tail
 from huarizo.pipeline.config import SERVED, RecipeConfig
+from huarizo.trainer.config import TrainConfig
 
 VOLATILE = frozenset(
     {"progress", "concurrency", "max_retries", "request_timeout", "timeout", "backoff_base", "cache_dir", "tensorboard"}
@@ -316,46 +317,16 @@ def _train(recipe: RecipeConfig) -> Stage:
     def run(ctx: Context) -> StageResult:
         from huarizo.pipeline.servers import popen
 
-        files = [f.model_dump(mode="json") for f in cfg.data.files]
-        for stage in upstream:
-            for name, path in ctx.result(stage)["outputs"].items():
-                if (name == "records" or name.startswith("data")) and _has_records(Path(path)):
-                    files.append({"path": str(path)})
-        if not files:
-            raise HuarizoError("no training data: every upstream stage produced an empty file")
-        data = cfg.model_dump(mode="json")
-        data["data"]["files"] = files
-        data["output"]["progress"] = False
-        config = out / "train.yaml"
-        out.mkdir(parents=True, exist_ok=True)
-        config.write_text(type(cfg).model_validate(data).to_yaml(), encoding="utf-8")
+        files = _training_files(cfg, upstream, ctx)
+        config = _write_train_config(cfg, files, out)
         latest = out / "checkpoints" / "latest"
         resumed = latest.read_text().strip() if latest.exists() else None
         log = out / "train.log"
         proc = popen(launch_command(recipe, config), log, keep_fds=ctx.keep_fds)
-        seen = 0
-        while True:
-            try:
-                code = proc.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                steps = _last_step(out / "metrics.jsonl")
-                if steps > seen:
-                    ctx.tick(steps - seen)
-                    seen = steps
+        code = _wait_ticking(proc, out / "metrics.jsonl", ctx)
         if code != 0:
             raise HuarizoError(_trainer_failure(code, out, log))
-        rows = _metric_rows(out / "metrics.jsonl")
-        losses = [r for r in rows if "loss" in r]
-        return _result(
-            outputs={"model": out / "final", "metrics": out / "metrics.jsonl", "log": log},
-            counts={
-                "steps": losses[-1]["step"] if losses else 0,
-                "trained_tokens": sum(int(r.get("trained_tokens", 0)) for r in losses),
-                "files": len(files),
-            },
-            figures={"final_loss": losses[-1]["loss"] if losses else None, "resumed_from": resumed},
-        )
+        return _train_result(out, log, files, resumed)
 
     def total() -> int | None:
         if cfg.optim.max_steps:
@@ -380,6 +351,57 @@ def _train(recipe: RecipeConfig) -> Stage:
         upstream=upstream,
         total=total,
         poll=poll,
+    )
+
+
+def _training_files(cfg: TrainConfig, upstream: list[str], ctx: Context) -> list[dict[str, Any]]:
+    """The recipe's own data files, then every non-empty records file the upstream stages wrote."""
+    files = [f.model_dump(mode="json") for f in cfg.data.files]
+    for stage in upstream:
+        for name, path in ctx.result(stage)["outputs"].items():
+            if (name == "records" or name.startswith("data")) and _has_records(Path(path)):
+                files.append({"path": str(path)})
+    if not files:
+        raise HuarizoError("no training data: every upstream stage produced an empty file")
+    return files
+
+
+def _write_train_config(cfg: TrainConfig, files: list[dict[str, Any]], out: Path) -> Path:
+    """The trainer's YAML in its output folder: the recipe's train section on `files`, progress bar off."""
+    data = cfg.model_dump(mode="json")
+    data["data"]["files"] = files
+    data["output"]["progress"] = False
+    config = out / "train.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    config.write_text(type(cfg).model_validate(data).to_yaml(), encoding="utf-8")
+    return config
+
+
+def _wait_ticking(proc: Any, metrics: Path, ctx: Context) -> int:
+    """Wait for the trainer, advancing the stage's progress by the steps it logs to `metrics`; its exit code."""
+    seen = 0
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            steps = _last_step(metrics)
+            if steps > seen:
+                ctx.tick(steps - seen)
+                seen = steps
+
+
+def _train_result(out: Path, log: Path, files: list[dict[str, Any]], resumed: str | None) -> StageResult:
+    """The trained model, metrics and log, with steps, trained tokens and final loss read from the metrics."""
+    rows = _metric_rows(out / "metrics.jsonl")
+    losses = [r for r in rows if "loss" in r]
+    return _result(
+        outputs={"model": out / "final", "metrics": out / "metrics.jsonl", "log": log},
+        counts={
+            "steps": losses[-1]["step"] if losses else 0,
+            "trained_tokens": sum(int(r.get("trained_tokens", 0)) for r in losses),
+            "files": len(files),
+        },
+        figures={"final_loss": losses[-1]["loss"] if losses else None, "resumed_from": resumed},
     )
 
 
