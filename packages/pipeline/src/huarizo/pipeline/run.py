@@ -252,13 +252,7 @@ def _one_stage(recipe: RecipeConfig, stage: Stage, ctx: _Context, *, selected: b
     folder = recipe.run_dir / stage.name
     display = ctx.display
     if not selected:
-        manifest = read_json(folder / MANIFEST)
-        if isinstance(manifest, dict):
-            ctx.results[stage.name] = manifest
-            display.finish(stage.name, "kept", None, None, " (not selected; its last results are used)")
-            return "kept"
-        display.finish(stage.name, "not run", None, None)
-        return "missing"
+        return _keep_last(stage, folder, ctx)
     missing = [u for u in stage.upstream if u not in ctx.results]
     if missing:
         raise StageError(stage.name, f"needs {', '.join(missing)}, which has not finished; run it first")
@@ -272,47 +266,66 @@ def _one_stage(recipe: RecipeConfig, stage: Stage, ctx: _Context, *, selected: b
             ctx.results[stage.name] = manifest
             display.finish(stage.name, "skipped", None, None, " (up to date)")
             return "skipped"
-        _check_endpoints(stage)
-        resumed = _prepare(folder, key)
-        write_text_atomic(folder / "stage.yaml", _yaml(parts["config"]))
-        t0 = time.monotonic()
-        result = stage.run(ctx)
-        seconds = result.seconds or time.monotonic() - t0
-        data = result.model_dump(mode="json")
-        data["seconds"] = seconds
-        data["outputs"] = {k: str(v) for k, v in result.outputs.items()}
-        manifest = {
-            "stage": stage.name,
-            "key": key,
-            "parts": parts,
-            "resumed": resumed,
-            "finished_at": _now(),
-            "result": data,
-        }
-        write_json_atomic(folder / MANIFEST, manifest)
-        (folder / PENDING).unlink(missing_ok=True)
+        manifest = _execute(stage, ctx, folder, parts, key)
     except StageError:
         display.finish(stage.name, "failed", None, None)
         raise
-    except HuarizoError as exc:
-        display.finish(stage.name, "failed", None, None)
-        raise StageError(stage.name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    except OSError as exc:
-        display.finish(stage.name, "failed", None, None)
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise StageError(
-            stage.name, f"{exc.strerror or exc}{where}; the stages before it are kept: fix this and rerun"
-        ) from None
     except Exception as exc:
         display.finish(stage.name, "failed", None, None)
-        log = folder / "error.log"
-        with contextlib.suppress(OSError):
-            log.write_text(traceback.format_exc(), encoding="utf-8")
-        raise StageError(stage.name, f"{type(exc).__name__}: {exc} (traceback in {log})") from None
+        raise _stage_error(stage.name, folder, exc) from None
     ctx.results[stage.name] = manifest
-    cost = manifest["result"].get("cost")
-    display.finish(stage.name, "done", seconds, cost, " (continued)" if resumed else "")
+    result = manifest["result"]
+    display.finish(
+        stage.name, "done", result["seconds"], result.get("cost"), " (continued)" if manifest["resumed"] else ""
+    )
     return "done"
+
+
+def _keep_last(stage: Stage, folder: Path, ctx: _Context) -> str:
+    """A stage not selected: its last results stand in for it when it has any ("kept"), else "missing"."""
+    manifest = read_json(folder / MANIFEST)
+    if isinstance(manifest, dict):
+        ctx.results[stage.name] = manifest
+        ctx.display.finish(stage.name, "kept", None, None, " (not selected; its last results are used)")
+        return "kept"
+    ctx.display.finish(stage.name, "not run", None, None)
+    return "missing"
+
+
+def _execute(stage: Stage, ctx: _Context, folder: Path, parts: dict[str, Any], key: str) -> dict[str, Any]:
+    """Run the stage in its folder (continuing an interrupted run) and write its manifest; returns the manifest."""
+    _check_endpoints(stage)
+    resumed = _prepare(folder, key)
+    write_text_atomic(folder / "stage.yaml", _yaml(parts["config"]))
+    t0 = time.monotonic()
+    result = stage.run(ctx)
+    data = result.model_dump(mode="json")
+    data["seconds"] = result.seconds or time.monotonic() - t0
+    data["outputs"] = {k: str(v) for k, v in result.outputs.items()}
+    manifest = {
+        "stage": stage.name,
+        "key": key,
+        "parts": parts,
+        "resumed": resumed,
+        "finished_at": _now(),
+        "result": data,
+    }
+    write_json_atomic(folder / MANIFEST, manifest)
+    (folder / PENDING).unlink(missing_ok=True)
+    return manifest
+
+
+def _stage_error(name: str, folder: Path, exc: Exception) -> StageError:
+    """The one-line error a stage's failure becomes; an unexpected one leaves its traceback in `error.log`."""
+    if isinstance(exc, HuarizoError):
+        return StageError(name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return StageError(name, f"{exc.strerror or exc}{where}; the stages before it are kept: fix this and rerun")
+    log = folder / "error.log"
+    with contextlib.suppress(OSError):
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+    return StageError(name, f"{type(exc).__name__}: {exc} (traceback in {log})")
 
 
 def _yaml(data: Any) -> str:
