@@ -206,55 +206,86 @@ def _served_endpoints(data: Any, where: str) -> Iterator[tuple[str, str]]:
 
 def _fill(data: dict[str, Any]) -> dict[str, Any]:
     """Fill the paths the run owns and the shared defaults into the raw recipe; refuse run paths set otherwise."""
-    run = Path(str(data.get("run_dir") or "runs/recipe"))
-    seed = data.get("seed", 0)
-    problems: list[str] = []
+    fill = _Fill(data)
+    fill.datagen()
+    fill.train()
+    fill.serve()
+    fill.answer()
+    fill.judge()
+    if fill.problems:
+        raise ValueError("; ".join(fill.problems))
+    return data
 
-    def own(section: dict[str, Any], stage: str, key: str, value: Any) -> None:
+
+class _Fill:
+    """A raw recipe being filled in place, one stage section at a time, and the run paths found set otherwise."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.run = Path(str(data.get("run_dir") or "runs/recipe"))
+        self.seed = data.get("seed", 0)
+        self.questions = data.get("questions")
+        self.problems: list[str] = []
+
+    def own(self, section: dict[str, Any], stage: str, key: str, value: Any) -> None:
+        """Set a key the run owns; a different value already there is a problem."""
         if key in section and section[key] is not None and str(section[key]) != str(value):
-            problems.append(f"stage {stage}: {key} is set by the run ({value}); remove it from the recipe")
+            self.problems.append(f"stage {stage}: {key} is set by the run ({value}); remove it from the recipe")
         section[key] = value
 
-    def section(name: str) -> dict[str, Any] | None:
-        value = data.get(name)
+    def section(self, name: str) -> dict[str, Any] | None:
+        value = self.data.get(name)
         return value if isinstance(value, dict) else None
 
-    if (s := section("datagen")) is not None:
-        own(s, "datagen", "output_dir", str(run / "datagen"))
-        s.setdefault("seed", seed)
-        if "filter" not in s and section("filter") is not None:
-            s["filter"] = copy.deepcopy(data["filter"])
-    if (s := section("train")) is not None:
-        own(s, "train", "output_dir", str(run / "train"))
-        model = s.setdefault("model", {})
-        if isinstance(model, dict):
-            model.setdefault("ref", data.get("base_model", "embedded"))
-        optim = s.setdefault("optim", {})
-        if isinstance(optim, dict):
-            optim.setdefault("seed", seed)
-    if (s := section("serve")) is not None:
-        for name, entry in s.items():
-            if isinstance(entry, dict):
-                own(entry, f"serve.{name}", "model_name", name)
-                own(entry, f"serve.{name}", "port", 0)
-    questions = data.get("questions")
-    answers = section("answer")
-    if answers is not None:
-        for name, entry in answers.items():
-            if isinstance(entry, dict):
-                own(entry, f"answer.{name}", "out", str(run / "answer" / f"{name}.jsonl"))
-                own(entry, f"answer.{name}", "model_id", name)
-                if questions is None:
-                    problems.append("stage answer: needs the shared `questions` file")
-                else:
-                    own(entry, f"answer.{name}", "questions", str(questions))
-    if (s := section("judge")) is not None:
-        own(s, "judge", "out", str(run / "judge"))
-        s.setdefault("seed", seed)
-        if questions is not None:
-            own(s, "judge", "questions", str(questions))
-        if answers is not None:
-            files = {name: str(run / "answer" / f"{name}.jsonl") for name in answers}
+    def datagen(self) -> None:
+        """Output folder and seed; the recipe's filter unless datagen sets its own."""
+        if (s := self.section("datagen")) is not None:
+            self.own(s, "datagen", "output_dir", str(self.run / "datagen"))
+            s.setdefault("seed", self.seed)
+            if "filter" not in s and self.section("filter") is not None:
+                s["filter"] = copy.deepcopy(self.data["filter"])
+
+    def train(self) -> None:
+        """Output folder, the base model and the seed."""
+        if (s := self.section("train")) is not None:
+            self.own(s, "train", "output_dir", str(self.run / "train"))
+            model = s.setdefault("model", {})
+            if isinstance(model, dict):
+                model.setdefault("ref", self.data.get("base_model", "embedded"))
+            optim = s.setdefault("optim", {})
+            if isinstance(optim, dict):
+                optim.setdefault("seed", self.seed)
+
+    def serve(self) -> None:
+        """Each server's model name (its entry's name) and port (picked at start)."""
+        if (s := self.section("serve")) is not None:
+            for name, entry in s.items():
+                if isinstance(entry, dict):
+                    self.own(entry, f"serve.{name}", "model_name", name)
+                    self.own(entry, f"serve.{name}", "port", 0)
+
+    def answer(self) -> None:
+        """Each answerer's output file, model id and the shared questions."""
+        if (answers := self.section("answer")) is not None:
+            for name, entry in answers.items():
+                if isinstance(entry, dict):
+                    self.own(entry, f"answer.{name}", "out", str(self.run / "answer" / f"{name}.jsonl"))
+                    self.own(entry, f"answer.{name}", "model_id", name)
+                    if self.questions is None:
+                        self.problems.append("stage answer: needs the shared `questions` file")
+                    else:
+                        self.own(entry, f"answer.{name}", "questions", str(self.questions))
+
+    def judge(self) -> None:
+        """Output folder, seed, questions; answers and baseline named by answer entry become their files."""
+        if (s := self.section("judge")) is None:
+            return
+        self.own(s, "judge", "out", str(self.run / "judge"))
+        s.setdefault("seed", self.seed)
+        if self.questions is not None:
+            self.own(s, "judge", "questions", str(self.questions))
+        if (answers := self.section("answer")) is not None:
+            files = {name: str(self.run / "answer" / f"{name}.jsonl") for name in answers}
             baseline = s.get("baseline")
             if baseline in files:
                 s["baseline"] = files[baseline]
@@ -264,9 +295,6 @@ def _fill(data: dict[str, Any]) -> dict[str, Any]:
             else:
                 given = [given] if isinstance(given, str) else given
                 s["answers"] = [files.get(a, a) if isinstance(a, str) else a for a in given]
-    if problems:
-        raise ValueError("; ".join(problems))
-    return data
 
 
 def explain(exc: ValidationError, source: str, set_keys: Sequence[str] = ()) -> str:
