@@ -694,58 +694,78 @@ async def _stream(
 ) -> AsyncIterator[str]:
     """SSE chunks in OpenAI's format, each with the logprobs of its tokens when asked for, then `[DONE]`; if the
     client goes away, the sequences are cancelled."""
-    obj = "chat.completion.chunk" if chat else "text_completion"
+    sse = _Chunks(head, choices, tokens, chat=chat)
     first = True
     finished: dict[int, Finished] = {}
-    fmts = [_Logprobs(tokens) for _ in choices]
-
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-        return f"data: {json.dumps({**head, 'object': obj, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
-
-    def choice(
-        i: int, text: str | None, reason: str | None, lps: Sequence[TokenLogprob] = (), stop: str | int | None = None
-    ) -> dict[str, Any]:
-        want = choices[i].params.logprobs is not None
-        ends = {"finish_reason": reason, "stop_reason": stop}
-        if chat:
-            delta = {} if text is None else {"content": text}
-            content = {"content": fmts[i].chat(lps), "refusal": None} if want and lps else None
-            return {"index": i, "delta": delta, **ends, "logprobs": content}
-        logprobs = fmts[i].completion([t.token for t in lps], lps) if want and lps else None
-        return {"index": i, "text": text or "", **ends, "logprobs": logprobs}
-
-    def echo(i: int, prompt_logprobs: PromptLogprobs | None) -> str:
-        c = choices[i]
-        lps = fmts[i].completion(c.prompt_ids, prompt_logprobs) if prompt_logprobs is not None else None
-        fmts[i].restart(len(c.echo or ""))
-        return chunk([{"index": i, "text": c.echo, "finish_reason": None, "logprobs": lps}])
-
     try:
         if chat:
-            yield chunk(
-                [{**choice(i, "", None), "delta": {"role": "assistant", "content": ""}} for i in range(len(handles))]
+            yield sse.chunk(
+                [
+                    {**sse.choice(i, "", None), "delta": {"role": "assistant", "content": ""}}
+                    for i in range(len(handles))
+                ]
             )
         for i, c in enumerate(choices):  # an echo without prompt logprobs needs nothing from the model
             if c.echo is not None and c.params.prompt_logprobs is None:
-                yield echo(i, None)
+                yield sse.echo(i, None)
         while len(finished) < len(handles):
             i, ev = await events.get()
             if isinstance(ev, Delta) and ev.prompt_logprobs is not None:
-                yield echo(i, ev.prompt_logprobs)
+                yield sse.echo(i, ev.prompt_logprobs)
             elif isinstance(ev, Delta):
                 if first:
                     metrics.ttft.observe(time.perf_counter() - started)
                     first = False
-                yield chunk([choice(i, ev.text, None, ev.logprobs)])
+                yield sse.chunk([sse.choice(i, ev.text, None, ev.logprobs)])
             else:
                 finished[i] = ev
                 reason = "stop" if ev.reason in ("stop", "error", "cancelled") else ev.reason
-                yield chunk([choice(i, None, reason, stop=ev.stop_reason)])
+                yield sse.chunk([sse.choice(i, None, reason, stop=ev.stop_reason)])
         done = [finished[i] for i in range(len(handles))]
         _count(metrics, done)
         if include_usage:
-            yield chunk([], usage=_usage(done, chat))
+            yield sse.chunk([], usage=_usage(done, chat))
         yield "data: [DONE]\n\n"
     finally:
         for h in handles:
             h.cancel()
+
+
+class _Chunks:
+    """The SSE chunks of one streamed response: text deltas, finish reasons, echoes, each with its logprobs."""
+
+    def __init__(self, head: dict[str, Any], choices: list[_Choice], tokens: TokenText, *, chat: bool) -> None:
+        self.head = head
+        self.obj = "chat.completion.chunk" if chat else "text_completion"
+        self.choices = choices
+        self.chat = chat
+        self.fmts = [_Logprobs(tokens) for _ in choices]
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        data = {**self.head, "object": self.obj, "choices": choices, **extra}
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def choice(
+        self,
+        i: int,
+        text: str | None,
+        reason: str | None,
+        lps: Sequence[TokenLogprob] = (),
+        stop: str | int | None = None,
+    ) -> dict[str, Any]:
+        """Choice `i`'s part of a chunk: a chat delta or a completion's text, with the logprobs of `lps`."""
+        want = self.choices[i].params.logprobs is not None
+        ends = {"finish_reason": reason, "stop_reason": stop}
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            content = {"content": self.fmts[i].chat(lps), "refusal": None} if want and lps else None
+            return {"index": i, "delta": delta, **ends, "logprobs": content}
+        logprobs = self.fmts[i].completion([t.token for t in lps], lps) if want and lps else None
+        return {"index": i, "text": text or "", **ends, "logprobs": logprobs}
+
+    def echo(self, i: int, prompt_logprobs: PromptLogprobs | None) -> str:
+        """The chunk echoing choice `i`'s prompt, with the prompt's logprobs when they were asked for."""
+        c = self.choices[i]
+        lps = self.fmts[i].completion(c.prompt_ids, prompt_logprobs) if prompt_logprobs is not None else None
+        self.fmts[i].restart(len(c.echo or ""))
+        return self.chunk([{"index": i, "text": c.echo, "finish_reason": None, "logprobs": lps}])
