@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from huarizo.formats import Answer, HuarizoError, QuestionSet, RecordError, iter_raw, text_key
+from huarizo.formats import Answer, HuarizoError, QuestionSet, RawRecord, RecordError, iter_raw, text_key
 from huarizo.judge.votes import is_vote, read_vote
 
 _SCORES = re.compile(r"^\s*(\d+(?:\.\d+)?)[\s,/]+(\d+(?:\.\d+)?)")
@@ -69,37 +69,11 @@ def load_labels(
         if "answer1_id" in d:
             if answers is None:
                 raise HuarizoError(f"{path}: FastChat reviews name answers by id: grade them with the answer files")
-            scores = _review_scores(d)
-            if scores is None:
-                raise RecordError(item.file, item.where, "text", "neither a score pair nor text starting 's1 s2'")
-            m1, m2 = by_answer_id.get(d["answer1_id"]), by_answer_id.get(d["answer2_id"])
-            if m1 is None or m2 is None:
-                continue
-            s1, s2 = scores
-            out.append(Label(str(d["question_id"]), m1, m2, _winner(s1, s2, m1, m2)))
+            label = _review_label(item, d, by_answer_id)
         elif "generator_1" in d and "preference" in d:
-            key = text_key(str(d.get("instruction", "")))
-            qid = key if by_text is None else by_text.get(key)
-            pref = d["preference"]
-            if qid is None or pref is None or (isinstance(pref, float) and math.isnan(pref)):
-                continue
-            try:
-                p = float(pref)
-            except (TypeError, ValueError):
-                raise RecordError(item.file, item.where, "preference", f"not a number: {pref!r}") from None
-            m1, m2 = str(d["generator_1"]), str(d["generator_2"])
-            winner = "tie" if p == 0 or p == 1.5 else m1 if p < 1.5 else m2
-            out.append(Label(qid, m1, m2, winner))
+            label = _annotation_label(item, d, by_text)
         elif is_vote(d):
-            try:
-                v = read_vote(d)
-            except KeyError as exc:
-                raise RecordError(item.file, item.where, str(exc.args[0]), "missing (arena vote)") from None
-            except ValueError as exc:
-                raise RecordError(item.file, item.where, None, f"{exc} (arena vote)") from None
-            if (ids is not None and v.item not in ids) or (answers is not None and not set(v.models) <= set(answers)):
-                continue
-            out.append(Label(v.item, v.models[0], v.models[1], v.winner, v.voter))
+            label = _vote_label(item, d, ids, answers)
         else:
             keys = ", ".join(sorted(d))
             raise RecordError(
@@ -110,6 +84,51 @@ def load_labels(
                 "AlpacaEval annotations (generator_1, generator_2, preference) or arena votes (item, models, shown, "
                 "vote)",
             )
+        if label is not None:
+            out.append(label)
     if not out:
         raise HuarizoError(f"{path}: no label matches the models and questions being graded")
     return out
+
+
+def _review_label(item: RawRecord, d: dict[str, Any], by_answer_id: dict[str, str]) -> Label | None:
+    """A FastChat review: the higher of its two scores wins; None when an answer is not being graded."""
+    scores = _review_scores(d)
+    if scores is None:
+        raise RecordError(item.file, item.where, "text", "neither a score pair nor text starting 's1 s2'")
+    m1, m2 = by_answer_id.get(d["answer1_id"]), by_answer_id.get(d["answer2_id"])
+    if m1 is None or m2 is None:
+        return None
+    s1, s2 = scores
+    return Label(str(d["question_id"]), m1, m2, _winner(s1, s2, m1, m2))
+
+
+def _annotation_label(item: RawRecord, d: dict[str, Any], by_text: dict[str, str] | None) -> Label | None:
+    """An AlpacaEval annotation (preference 1 or 2; 0 or 1.5: a tie); None for an unknown question or no preference."""
+    key = text_key(str(d.get("instruction", "")))
+    qid = key if by_text is None else by_text.get(key)
+    pref = d["preference"]
+    if qid is None or pref is None or (isinstance(pref, float) and math.isnan(pref)):
+        return None
+    try:
+        p = float(pref)
+    except (TypeError, ValueError):
+        raise RecordError(item.file, item.where, "preference", f"not a number: {pref!r}") from None
+    m1, m2 = str(d["generator_1"]), str(d["generator_2"])
+    winner = "tie" if p == 0 or p == 1.5 else m1 if p < 1.5 else m2
+    return Label(qid, m1, m2, winner)
+
+
+def _vote_label(
+    item: RawRecord, d: dict[str, Any], ids: set[str] | None, answers: dict[str, dict[str, Answer]] | None
+) -> Label | None:
+    """An arena vote; None when its question or models are not being graded."""
+    try:
+        v = read_vote(d)
+    except KeyError as exc:
+        raise RecordError(item.file, item.where, str(exc.args[0]), "missing (arena vote)") from None
+    except ValueError as exc:
+        raise RecordError(item.file, item.where, None, f"{exc} (arena vote)") from None
+    if (ids is not None and v.item not in ids) or (answers is not None and not set(v.models) <= set(answers)):
+        return None
+    return Label(v.item, v.models[0], v.models[1], v.winner, v.voter)
