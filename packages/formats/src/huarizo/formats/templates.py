@@ -88,6 +88,22 @@ def _sub(fmt: str, **values: str) -> str:
     return "".join(out)
 
 
+def _jinja_expr(fmt: str, content: str = "content") -> str:
+    """A layout's format string as a jinja expression: its literals quoted, its fields as template variables."""
+    parts = []
+    for literal, name, _s, _c in string.Formatter().parse(fmt):
+        if literal:
+            parts.append(json.dumps(literal))
+        if name is not None:
+            parts.append({"content": content, "input": "inp", "system": "system"}.get(name, f"{name}_token"))
+    return "(" + " ~ ".join(parts) + ")" if parts else '""'
+
+
+def _jinja_out(fmt: str) -> str:
+    """A jinja statement printing a layout's format string; nothing for an empty one."""
+    return "{{ " + _jinja_expr(fmt) + " }}" if fmt else ""
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     """A declarative prompt layout.
@@ -183,21 +199,33 @@ class ChatTemplate:
         Huarizo encodes it (its BOS: see `chat_template_for`), since `apply_chat_template` encodes without special
         tokens. An Alpaca input travels as a user message's `input` key.
         """
+        return (
+            f"{{#- huarizo template: {self.name} -#}}"
+            + ("{{ " + json.dumps(prefix) + " }}" if prefix else "")
+            + f"{{%- set system = {json.dumps(self.default_system)} -%}}"
+            "{%- set msgs = messages -%}"
+            "{%- if messages and messages[0]['role'] == 'system' -%}"
+            "{%- set system = messages[0]['content'] -%}{%- set msgs = messages[1:] -%}{%- endif -%}"
+            + ("{%- if system -%}" + _jinja_out(self.system) + "{%- endif -%}" if self.system else "")
+            + "{%- for message in msgs -%}"
+            "{%- if message['role'] == 'user' -%}"
+            "{%- set inp = message.get('input') or '' -%}"
+            "{%- if not loop.first -%}"
+            + _jinja_out(self.between)
+            + "{%- endif -%}"
+            + self._jinja_user()
+            + "{%- else -%}"
+            + _jinja_out(self.assistant_prefix)
+            + self._jinja_answer()
+            + _jinja_out(self.after_answer)
+            + "{%- endif -%}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}" + _jinja_out(self.assistant_prefix) + "{%- endif -%}"
+        )
 
-        def expr(fmt: str, content: str = "content") -> str:
-            parts = []
-            for literal, name, _s, _c in string.Formatter().parse(fmt):
-                if literal:
-                    parts.append(json.dumps(literal))
-                if name is not None:
-                    parts.append({"content": content, "input": "inp", "system": "system"}.get(name, f"{name}_token"))
-            return "(" + " ~ ".join(parts) + ")" if parts else '""'
-
-        def out(fmt: str) -> str:
-            return "{{ " + expr(fmt) + " }}" if fmt else ""
-
-        # The user turn, as `_user_text` renders it: the content (with the input joined when the layout has no
-        # input slot), the system prompt in front of the first one when the layout has no system slot.
+    def _jinja_user(self) -> str:
+        """The user turn, as `_user_text` renders it: the content (with the input joined when the layout has no
+        input slot), the system prompt in front of the first one when the layout has no system slot."""
         joined = "(message['content'] ~ ('\\n\\n' ~ inp if inp else ''))"
         user = "{%- set content = " + ("message['content']" if self.user_with_input else joined) + " -%}"
         if not self.system and not self.first_user_with_system:
@@ -207,42 +235,21 @@ class ChatTemplate:
             branches.append(("loop.first and system", self.first_user_with_system))
         if self.user_with_input:
             branches.append(("inp", self.user_with_input))
-        if branches:
-            for k, (cond, fmt) in enumerate(branches):
-                user += ("{%- if " if k == 0 else "{%- elif ") + cond + " -%}" + out(fmt)
-            user += "{%- else -%}" + out(self.user) + "{%- endif -%}"
-        else:
-            user += out(self.user)
-        answer = (
-            "{%- set seg = " + expr(self.answer_sep + "{content}" + self.eot, "message['content']") + " -%}"
+        if not branches:
+            return user + _jinja_out(self.user)
+        for k, (cond, fmt) in enumerate(branches):
+            user += ("{%- if " if k == 0 else "{%- elif ") + cond + " -%}" + _jinja_out(fmt)
+        return user + "{%- else -%}" + _jinja_out(self.user) + "{%- endif -%}"
+
+    def _jinja_answer(self) -> str:
+        """The answer and its end of turn, the part without its surrounding whitespace marked as generated."""
+        return (
+            "{%- set seg = " + _jinja_expr(self.answer_sep + "{content}" + self.eot, "message['content']") + " -%}"
             "{%- set core = seg.strip() -%}"
             "{%- if core -%}"
             "{%- set lead = (seg | length) - (seg.lstrip() | length) -%}"
             "{{ seg[:lead] }}{% generation %}{{ core }}{% endgeneration %}{{ seg[lead + (core | length):] }}"
             "{%- else -%}{{ seg }}{%- endif -%}"
-        )
-        return (
-            f"{{#- huarizo template: {self.name} -#}}"
-            + ("{{ " + json.dumps(prefix) + " }}" if prefix else "")
-            + f"{{%- set system = {json.dumps(self.default_system)} -%}}"
-            "{%- set msgs = messages -%}"
-            "{%- if messages and messages[0]['role'] == 'system' -%}"
-            "{%- set system = messages[0]['content'] -%}{%- set msgs = messages[1:] -%}{%- endif -%}"
-            + ("{%- if system -%}" + out(self.system) + "{%- endif -%}" if self.system else "")
-            + "{%- for message in msgs -%}"
-            "{%- if message['role'] == 'user' -%}"
-            "{%- set inp = message.get('input') or '' -%}"
-            "{%- if not loop.first -%}"
-            + out(self.between)
-            + "{%- endif -%}"
-            + user
-            + "{%- else -%}"
-            + out(self.assistant_prefix)
-            + answer
-            + out(self.after_answer)
-            + "{%- endif -%}"
-            "{%- endfor -%}"
-            "{%- if add_generation_prompt -%}" + out(self.assistant_prefix) + "{%- endif -%}"
         )
 
 
