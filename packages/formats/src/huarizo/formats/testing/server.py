@@ -174,38 +174,40 @@ class ScriptedServer:
                     self._send(200, reply.raw_body)
                     return
                 chat = self.path.rstrip("/").endswith("chat/completions")
-                prompt_tokens = len(prompt_text(body).split())
-                choice: dict[str, Any] = {
-                    "index": 0,
-                    "finish_reason": reply.finish_reason,
-                    "stop_reason": reply.stop_reason,
-                    "logprobs": None,
-                }
-                if chat:
-                    choice["message"] = {"role": "assistant", "content": reply.text}
-                    if body.get("logprobs") and reply.logprobs is not None:
-                        choice["logprobs"] = chat_logprobs(reply.logprobs, int(body.get("top_logprobs") or 0))
-                else:
-                    choice["text"] = reply.text
-                    if body.get("logprobs") is not None and reply.logprobs is not None:
-                        choice["logprobs"] = completion_logprobs(reply.logprobs, int(body["logprobs"]))
-                completion_tokens = len(reply.text.split())
-                self._send(
-                    200,
-                    json.dumps(
-                        {
-                            "id": f"scripted-{len(server.requests)}",
-                            "object": "chat.completion" if chat else "text_completion",
-                            "created": int(time.time()),
-                            "model": body.get("model", server.model),
-                            "choices": [choice],
-                            "usage": {
-                                "prompt_tokens": prompt_tokens,
-                                "completion_tokens": completion_tokens,
-                                "total_tokens": prompt_tokens + completion_tokens,
-                            },
-                        }
-                    ),
-                )
+                completion = _completion(body, reply, chat=chat, number=len(server.requests), model=server.model)
+                self._send(200, json.dumps(completion))
 
         return Handler
+
+
+def _completion(body: dict[str, Any], reply: Reply, *, chat: bool, number: int, model: str) -> dict[str, Any]:
+    """The OpenAI response to request `body` (chat or text completion) carrying `reply`, with logprobs when asked
+    for and usage counted in whitespace-separated words."""
+    prompt_tokens = len(prompt_text(body).split())
+    choice: dict[str, Any] = {
+        "index": 0,
+        "finish_reason": reply.finish_reason,
+        "stop_reason": reply.stop_reason,
+        "logprobs": None,
+    }
+    if chat:
+        choice["message"] = {"role": "assistant", "content": reply.text}
+        if body.get("logprobs") and reply.logprobs is not None:
+            choice["logprobs"] = chat_logprobs(reply.logprobs, int(body.get("top_logprobs") or 0))
+    else:
+        choice["text"] = reply.text
+        if body.get("logprobs") is not None and reply.logprobs is not None:
+            choice["logprobs"] = completion_logprobs(reply.logprobs, int(body["logprobs"]))
+    completion_tokens = len(reply.text.split())
+    return {
+        "id": f"scripted-{number}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model", model),
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
