@@ -130,13 +130,21 @@ def test_chat_streams_a_reply_that_grows_on_screen(browser: Any, server: Running
     page.click("#reset")
     expect(page.locator(".msg")).to_have_count(0)
     _settings(page, 900)
+    # the browser reads the stream slowly (DevTools network throttling), so the answer is still arriving when Stop
+    # is clicked however fast the model writes it
+    cdp = ctx.new_cdp_session(page)
+    cdp.send("Network.enable")
+    slow = {"offline": False, "latency": 0, "uploadThroughput": -1}
+    cdp.send("Network.emulateNetworkConditions", {**slow, "downloadThroughput": 2000})
     page.fill("#prompt", "Go on and on.")
     page.press("#prompt", "Enter")
     expect(page.locator(".msg.streaming .text")).to_have_text(re.compile(r"[\s\S]"))
     page.click("#stop")
     expect(page.locator(".msg.assistant .note")).to_have_text("Stopped")
+    cdp.send("Network.emulateNetworkConditions", {**slow, "downloadThroughput": -1})
     stopped = str(page.locator(".msg.assistant .text").text_content())
-    assert stopped
+    whole = answer([{"role": "user", "content": "Go on and on."}], 900)
+    assert stopped and whole.startswith(stopped) and len(stopped) < len(whole)  # cut where Stop was clicked
     with page.expect_request("**/v1/chat/completions") as sent:
         _send(page, "Then?")
     # after a reset, only this conversation; a stopped answer is kept as far as it was written
