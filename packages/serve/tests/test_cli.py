@@ -276,9 +276,12 @@ def test_chat_keeps_an_interrupted_answer_as_written(tiny_model_dir: Path, tmp_p
     assert len(shown) < 900
 
 
-def test_chat_dtype_defaults_to_bfloat16_on_cpu() -> None:
+def test_chat_dtype_auto_is_bfloat16_only_where_the_cpu_computes_it() -> None:
+    import torch
+
     from huarizo.serve import ChatConfig
     from huarizo.serve.config import resolve_dtype
 
-    assert ChatConfig().dtype == "auto" and resolve_dtype("auto", "cpu") == "bfloat16"
-    assert resolve_dtype("float32", "cpu") == "float32"
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # AVX-512 or AMX; an AVX2-only CPU emulates bfloat16
+    assert ChatConfig().dtype == "auto" and resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from huarizo.serve.config import Quantize
+from huarizo.serve.config import Quantize, bf16_on_cpu
 
 INT4_GROUP = 32
 """Inputs per int4 group (each group has its own scale and zero)."""
@@ -120,11 +120,9 @@ class Int4Linear(nn.Module):
 
 
 def _packable(dtype: torch.dtype) -> bool:
-    if not torch.backends.mkldnn.is_available():
-        return False
     if dtype == torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return dtype == torch.float32
+        return bf16_on_cpu()
+    return dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
 def _replacement(linear: nn.Linear, quantize: Quantize, head: bool) -> nn.Module | None:
