@@ -79,6 +79,24 @@ def test_missing_seed_file(tmp_path: Path, teacher: Any, capsys: pytest.CaptureF
     assert err == f"error: stage datagen: input file {missing}: no such file"
 
 
+def test_a_later_stages_missing_file_fails_before_the_first_stage(
+    tmp_path: Path, teacher: Any, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quickstart run from outside the repository: its relative questions path is missing, which must show
+    before datagen and training spend their minutes, and say where relative paths are read from."""
+    monkeypatch.chdir(tmp_path)
+    recipe = datagen_recipe(tmp_path / "run", teacher.url)
+    recipe["clean"] = {"files": ["data/sharegpt.json"]}
+    asked = len(teacher.requests)
+    code, err = run_cli(tmp_path, recipe, capsys)
+    assert code == 1
+    assert err == (
+        "error: stage clean: input file data/sharegpt.json: no such file "
+        f"(relative paths are read from the current folder, {tmp_path})"
+    )
+    assert not (tmp_path / "run" / "datagen").exists() and len(teacher.requests) == asked
+
+
 def test_unreachable_teacher(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -129,12 +129,16 @@ class _Context:
         self.display.progress(self.stage, done, total)
 
 
-def _key(recipe: RecipeConfig, stage: Stage, announce: Callable[[str], None]) -> dict[str, Any]:
-    inputs = {}
+def _check_inputs(stage: Stage) -> None:
     for path in stage.inputs:
         if not path.exists():
-            raise StageError(stage.name, f"input file {path}: no such file")
-        inputs[str(path)] = file_hash(path)
+            where = "" if path.is_absolute() else f" (relative paths are read from the current folder, {Path.cwd()})"
+            raise StageError(stage.name, f"input file {path}: no such file{where}")
+
+
+def _key(recipe: RecipeConfig, stage: Stage, announce: Callable[[str], None]) -> dict[str, Any]:
+    _check_inputs(stage)
+    inputs = {str(path): file_hash(path) for path in stage.inputs}
     served = {}
     for name in stage.served:
         cfg = recipe.serve[name]
@@ -209,6 +213,9 @@ def run_recipe(
             "the recipe has no stage: add a datagen, filter, clean, train, answer, metrics or judge section"
         )
     first = names.index(start) if start in names else len(names) if start == "report" else None
+    for i, stage in enumerate(stages):  # a missing file fails the run before its first stage, not after hours
+        if (only is None or stage.name in only) and (first is None or i >= first):
+            _check_inputs(stage)
     run_dir = recipe.run_dir
     display = display or Display(known)
     statuses: dict[str, str] = {}
