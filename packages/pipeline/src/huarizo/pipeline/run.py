@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
 import time
@@ -137,7 +138,6 @@ def _check_inputs(stage: Stage) -> None:
 
 
 def _key(recipe: RecipeConfig, stage: Stage, announce: Callable[[str], None]) -> dict[str, Any]:
-    _check_inputs(stage)
     inputs = {str(path): file_hash(path) for path in stage.inputs}
     served = {}
     for name in stage.served:
@@ -213,9 +213,9 @@ def run_recipe(
             "the recipe has no stage: add a datagen, filter, clean, train, answer, metrics or judge section"
         )
     first = names.index(start) if start in names else len(names) if start == "report" else None
-    for i, stage in enumerate(stages):  # a missing file fails the run before its first stage, not after hours
-        if (only is None or stage.name in only) and (first is None or i >= first):
-            _check_inputs(stage)
+    selected = [(only is None or s.name in only) and (first is None or i >= first) for i, s in enumerate(stages)]
+    for stage in itertools.compress(stages, selected):  # a missing file fails the run before its first stage
+        _check_inputs(stage)
     run_dir = recipe.run_dir
     display = display or Display(known)
     statuses: dict[str, str] = {}
@@ -235,9 +235,8 @@ def run_recipe(
         ctx = _Context(recipe, servers, display, (fd,))
         stack.enter_context(display)
         for i, stage in enumerate(stages):
-            selected = (only is None or stage.name in only) and (first is None or i >= first)
             forced = first is not None and i >= first
-            statuses[stage.name] = _one_stage(recipe, stage, ctx, selected=selected, forced=forced)
+            statuses[stage.name] = _one_stage(recipe, stage, ctx, selected=selected[i], forced=forced)
             later = [s for j, s in enumerate(stages) if j > i]
             servers.stop([n for n in servers.started() if n not in _needed_later(recipe, later)])
         servers.stop()
